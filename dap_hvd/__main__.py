@@ -1,0 +1,3 @@
+from dap_hvd.cli import main
+
+raise SystemExit(main())

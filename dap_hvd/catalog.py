@@ -1,0 +1,151 @@
+"""The dataset catalog: every sample's path, class and stable global index.
+
+Accepts the ImageNet folder layout (root/<split>/<class>/<file>) or a file list ("path label"
+per line, paths relative to the root). Global indices follow sorted class names, then sorted
+file names, so they are the same on every rank and every run. Scanning 1.28M files is slow, so
+the scan is cached in a manifest that is rebuilt when any class folder changes (a folder's mtime
+changes whenever an entry is added, removed or renamed in it) or the file list changes.
+No torch import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from dap_hvd import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Catalog:
+    root: Path  # paths are relative to this
+    paths: tuple[str, ...]
+    labels: np.ndarray  # int64 class of each global index
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def files(self, indices: np.ndarray) -> list[str]:
+        root = str(self.root)
+        return [os.path.join(root, self.paths[i]) for i in indices]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("DAP_HVD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dap-hvd")
+    return Path(base) / "manifests"
+
+
+def load_catalog(root: str | Path, split: str, file_list: Optional[str] = None,
+                 cache: bool = True) -> Catalog:
+    """The catalog of `root/split` (folder layout) or of `file_list` (relative to `root`)."""
+    root = Path(root).resolve()
+    if file_list:
+        return _from_file_list(root, Path(file_list))
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: no '{split}' folder; expected the ImageNet layout "
+                        f"{root}/{split}/<class>/<image> or a file list")
+    manifest = _cache_dir() / (hashlib.sha256(str(split_dir).encode()).hexdigest()[:24] + ".json")
+    class_dirs = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{split_dir}: has no class folders")
+    stamps = {c: os.stat(split_dir / c).st_mtime_ns for c in class_dirs}
+    if cache:
+        cached = _read_manifest(manifest, str(split_dir), stamps)
+        if cached is not None:
+            return Catalog(split_dir, tuple(cached["paths"]), np.asarray(cached["labels"], dtype=np.int64),
+                           tuple(cached["classes"]))
+    paths, labels = [], []
+    for label, cls in enumerate(class_dirs):
+        names = sorted(e.name for e in os.scandir(split_dir / cls)
+                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        paths.extend(f"{cls}/{n}" for n in names)
+        labels.extend([label] * len(names))
+    if not paths:
+        raise DataError(f"{split_dir}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in any class folder")
+    if cache:
+        _write_manifest(manifest, dict(version=MANIFEST_VERSION, split_dir=str(split_dir), stamps=stamps,
+                                       classes=class_dirs, paths=paths, labels=labels))
+    return Catalog(split_dir, tuple(paths), np.asarray(labels, dtype=np.int64), tuple(class_dirs))
+
+
+def parse_file_list(root: Path, file_list: Path) -> tuple[list[str], list[int], list[str]]:
+    """-> (paths, labels, problems). Problems name the file and line."""
+    root = root.resolve()
+    if not file_list.is_file():
+        raise DataError(f"{file_list}: file list does not exist")
+    paths, labels, problems = [], [], []
+    for lineno, line in enumerate(file_list.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        where = f"{file_list}:{lineno}"
+        if len(parts) != 2:
+            problems.append(f"{where}: expected 'path label', got {line!r}")
+            continue
+        rel, label = parts
+        try:
+            label_i = int(label)
+            if label_i < 0:
+                raise ValueError
+        except ValueError:
+            problems.append(f"{where}: label {label!r} is not a non-negative integer")
+            continue
+        full = (root / rel).resolve()
+        if not full.is_relative_to(root):
+            problems.append(f"{where}: {rel!r} points outside the data root {root}")
+            continue
+        if not full.is_file():
+            problems.append(f"{where}: {rel!r} does not exist under {root}")
+            continue
+        paths.append(str(full.relative_to(root)))
+        labels.append(label_i)
+    return paths, labels, problems
+
+
+def _from_file_list(root: Path, file_list: Path) -> Catalog:
+    paths, labels, problems = parse_file_list(root, file_list)
+    if problems:
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError("bad file list:\n  " + "\n  ".join(problems[:10]) + more)
+    if not paths:
+        raise DataError(f"{file_list}: lists no samples")
+    num_classes = max(labels) + 1
+    return Catalog(root, tuple(paths), np.asarray(labels, dtype=np.int64),
+                   tuple(str(c) for c in range(num_classes)))
+
+
+def _read_manifest(path: Path, split_dir: str, stamps: dict) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("version") != MANIFEST_VERSION or data.get("split_dir") != split_dir or data.get("stamps") != stamps:
+        return None  # stale: a class folder was added, removed or changed
+    return data
+
+
+def _write_manifest(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a rescan next time

@@ -1,0 +1,321 @@
+"""The one place configuration comes from: defaults < YAML file < CLI flags, validated here.
+
+Every value lands in a frozen dataclass. Errors name the YAML key and the CLI flag, so a user can
+fix them without reading code. No torch import: `dap-hvd plan` and config checks start fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from dap_hvd import ConfigError
+from dap_hvd.schedule import PRESETS, Schedule
+
+# A preset sized for the embedded sample dataset: a run finishes in minutes on 2 CPU cores and
+# still goes through warm-up, drops, a pick (reuse) and more drops.
+PRESETS.setdefault("sample", dict(epochs=12, warmup=3, interval=1, keep=0.8, active=None, reuse=(8,)))
+
+MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
+          "densenet169", "mobilenet_v2", "mobilenet_v1", "resnet_small")
+
+
+def default_sample_root() -> Path:
+    cache = os.environ.get("DAP_HVD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dap-hvd")
+    return Path(cache) / "sample-data"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: Optional[str] = None  # ImageNet layout root; None: the embedded sample dataset
+    train_list: Optional[str] = None  # optional "path label" file list (paths relative to root)
+    val_list: Optional[str] = None
+    loader: str = "dali"  # dali | torch
+    dali_device: str = "auto"  # auto (gpu if CUDA) | cpu | gpu
+    image_size: Optional[int] = None  # train crop; None: 224, or 32 on the sample data
+    val_resize: Optional[int] = None  # shorter side before the center crop; None: size * 256/224
+    batch_size: int = 64  # per rank
+    workers: int = 2  # decode threads (DALI) / worker processes (torch) per rank
+    on_bad_sample: str = "error"  # error | skip
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength (Bag of Tricks 2.1)
+    pca_lighting: float = 0.0  # AlexNet-style PCA noise std (Bag of Tricks uses 0.1)
+
+    @property
+    def is_sample(self) -> bool:
+        return self.root is None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: Optional[float] = None  # None: 0.1 * global_batch / 256 (linear scaling, Goyal et al.)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_bias_decay: bool = True  # no weight decay on biases and BN parameters (Bag of Tricks 3.1)
+    label_smoothing: float = 0.1
+    lr_schedule: str = "step"  # step (x0.1 at lr_steps) | cosine
+    lr_steps: Optional[tuple[int, ...]] = None  # None: the schedule's reuse epochs
+    lr_warmup_epochs: float = 5.0  # gradual warm-up, in (full-data) epochs
+    zero_gamma: bool = True
+    fp16_allreduce: bool = False  # horovod gradient compression
+    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | off | bf16 | fp16
+    channels_last: str = "auto"  # auto (on GPU) | on | off
+    sync_bn: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    schedule: Schedule
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    strategy: str = "dap"  # dap | random | full
+    model: Optional[str] = None  # None: resnet50, or resnet_small on the sample data
+    seed: int = 0
+    out: str = "runs/dap"
+    resume: Optional[str] = None
+    eval_every: int = 1
+    keep_checkpoints: int = 2
+    merge: str = "allreduce"  # how losses meet on rank 0: allreduce (dense) | allgather
+    metrics_port: int = 0  # 0: off; else rank r serves on metrics_port + local_rank
+    metrics_host: str = "0.0.0.0"
+    pushgateway: Optional[str] = None
+    run_id: Optional[str] = None
+    progress: bool = True
+    max_steps_per_epoch: Optional[int] = None  # debugging: cap steps (every rank alike)
+
+    # Values that depend on the data, resolved here rather than scattered through the trainer.
+    @property
+    def model_name(self) -> str:
+        return self.model or ("resnet_small" if self.data.is_sample else "resnet50")
+
+    @property
+    def image_size(self) -> int:
+        return self.data.image_size or (32 if self.data.is_sample else 224)
+
+    @property
+    def val_resize(self) -> int:
+        return self.data.val_resize or int(round(self.image_size * 256 / 224))
+
+    @property
+    def lr_steps(self) -> tuple[int, ...]:
+        return self.optim.lr_steps if self.optim.lr_steps is not None else self.schedule.reuse
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.data.root) if self.data.root else default_sample_root()
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["schedule"] = self.schedule.to_dict()
+        return d
+
+
+# name in CLI/YAML -> (section, field). Flags use dashes, YAML keys underscores.
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig}
+_SCHEDULE_KEYS = ("preset", "epochs", "warmup", "interval", "keep", "active", "reuse")
+_CHOICES = {
+    ("data", "loader"): ("dali", "torch"),
+    ("data", "dali_device"): ("auto", "cpu", "gpu"),
+    ("data", "on_bad_sample"): ("error", "skip"),
+    ("optim", "lr_schedule"): ("step", "cosine"),
+    ("optim", "amp"): ("auto", "off", "bf16", "fp16"),
+    ("optim", "channels_last"): ("auto", "on", "off"),
+    (None, "strategy"): ("dap", "random", "full"),
+    (None, "model"): MODELS,
+    (None, "merge"): ("allreduce", "allgather"),
+}
+
+
+def _where(section: Optional[str], key: str) -> str:
+    dotted = f"{section}.{key}" if section else key
+    return f"{dotted} (--{key.replace('_', '-')})"
+
+
+def _coerce(section: Optional[str], key: str, value: Any, annotation: str) -> Any:
+    where = _where(section, key)
+    if value is None:
+        if "Optional" not in annotation:
+            raise ConfigError(f"{where}: must be set")
+        return None
+    base = annotation.replace("Optional[", "").rstrip("]")
+    try:
+        if base.startswith("tuple"):
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+            return tuple(int(v) for v in value)
+        if base == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if base == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError(value)
+            return v
+        if base == "str":
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {base}, got {value!r}") from None
+    return value
+
+
+def _build(cls, section: Optional[str], values: dict) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            known = ", ".join(sorted(k for k in fields if k != "schedule"))
+            raise ConfigError(f"unknown config key {(section + '.' if section else '') + key!r}; known keys: {known}")
+        kwargs[key] = _coerce(section, key, value, str(fields[key].type))
+        choices = _CHOICES.get((section, key))
+        if choices and kwargs[key] is not None and kwargs[key] not in choices:
+            raise ConfigError(f"{_where(section, key)}: {kwargs[key]!r} is not one of {', '.join(choices)}")
+    return cls(**kwargs)
+
+
+def _check(cond: bool, section: Optional[str], key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{_where(section, key)}: {msg}")
+
+
+def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = None) -> TrainConfig:
+    """Build the run's config. `overrides` maps flag names (batch_size, keep, ...) or dotted
+    YAML keys (data.batch_size) to values; None values mean 'not given'."""
+    raw: dict = {}
+    if yaml_path:
+        raw = _read_yaml(yaml_path)
+    tree: dict = {"schedule": dict(raw.pop("schedule", None) or {})}
+    for name in _SECTIONS:
+        section = raw.pop(name, None) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{yaml_path}: '{name}' must be a mapping")
+        tree[name] = dict(section)
+    tree[None] = raw
+
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        if not section:
+            section = _section_of(name)
+        tree[section or None][name] = value
+
+    sched = tree["schedule"]
+    for key in sched:
+        if key not in _SCHEDULE_KEYS:
+            raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(_SCHEDULE_KEYS)}")
+    data = _build(DataConfig, "data", tree["data"])
+    optim = _build(OptimConfig, "optim", tree["optim"])
+    schedule = _schedule(sched, default_preset="sample" if data.is_sample else "imagenet")
+    top = {k: v for k, v in tree[None].items()}
+    cfg = dataclasses.replace(_build(_TopLevel, None, top).as_train(schedule), data=data, optim=optim)
+    _validate(cfg)
+    return cfg
+
+
+def _section_of(name: str) -> Optional[str]:
+    if name in _SCHEDULE_KEYS:
+        return "schedule"
+    for section, cls in _SECTIONS.items():
+        if name in {f.name for f in dataclasses.fields(cls)}:
+            return section
+    return None
+
+
+def _schedule(values: dict, default_preset: str) -> Schedule:
+    values = dict(values)
+    preset = values.pop("preset", None) or default_preset
+    if preset not in PRESETS:
+        raise ConfigError(f"schedule.preset (--preset): unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    params = dict(PRESETS[preset])
+    for key, value in values.items():
+        if key == "reuse":
+            value = _coerce("schedule", key, value, "tuple[int, ...]")
+        elif key == "active":
+            value = None if str(value).lower() in ("none", "inf", "unlimited", "") else _coerce("schedule", key, value, "int")
+        elif key == "keep":
+            value = _coerce("schedule", key, value, "float")
+        else:
+            value = _coerce("schedule", key, value, "int")
+        params[key] = value
+    return Schedule(**params)
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    strategy: str = "dap"
+    model: Optional[str] = None
+    seed: int = 0
+    out: str = "runs/dap"
+    resume: Optional[str] = None
+    eval_every: int = 1
+    keep_checkpoints: int = 2
+    merge: str = "allreduce"
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
+    pushgateway: Optional[str] = None
+    run_id: Optional[str] = None
+    progress: bool = True
+    max_steps_per_epoch: Optional[int] = None
+
+    def as_train(self, schedule: Schedule) -> TrainConfig:
+        return TrainConfig(schedule=schedule, **dataclasses.asdict(self))
+
+
+def _validate(cfg: TrainConfig) -> None:
+    d, o = cfg.data, cfg.optim
+    _check(d.batch_size >= 1, "data", "batch_size", f"must be >= 1, got {d.batch_size}")
+    _check(d.workers >= 1, "data", "workers", f"must be >= 1, got {d.workers}")
+    _check(d.image_size is None or d.image_size >= 8, "data", "image_size", f"must be >= 8, got {d.image_size}")
+    _check(d.val_resize is None or d.val_resize >= cfg.image_size, "data", "val_resize",
+           f"must be >= the crop size {cfg.image_size}, got {d.val_resize}")
+    _check(0 <= d.color_jitter <= 1, "data", "color_jitter", f"must be in [0, 1], got {d.color_jitter}")
+    _check(d.pca_lighting >= 0, "data", "pca_lighting", f"must be >= 0, got {d.pca_lighting}")
+    if d.root is not None:
+        _check(Path(d.root).is_dir(), "data", "root", f"{d.root} is not a directory")
+    _check(o.lr is None or o.lr > 0, "optim", "lr", f"must be > 0, got {o.lr}")
+    _check(0 <= o.momentum < 1, "optim", "momentum", f"must be in [0, 1), got {o.momentum}")
+    _check(o.weight_decay >= 0, "optim", "weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _check(0 <= o.label_smoothing < 1, "optim", "label_smoothing", f"must be in [0, 1), got {o.label_smoothing}")
+    _check(o.lr_warmup_epochs >= 0, "optim", "lr_warmup_epochs", f"must be >= 0, got {o.lr_warmup_epochs}")
+    for s in cfg.lr_steps:
+        _check(1 <= s <= cfg.schedule.epochs, "optim", "lr_steps", f"epoch {s} outside 1..{cfg.schedule.epochs}")
+    _check(cfg.eval_every >= 1, None, "eval_every", f"must be >= 1, got {cfg.eval_every}")
+    _check(cfg.keep_checkpoints >= 1, None, "keep_checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
+    _check(0 <= cfg.metrics_port <= 65535, None, "metrics_port", f"must be a port number or 0/off, got {cfg.metrics_port}")
+    _check(cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1, None, "max_steps_per_epoch", "must be >= 1")
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml  # small, but only needed when a config file is given
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: {path} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping at the top level")
+    return data

@@ -1,0 +1,111 @@
+"""The one module that imports DALI: training and validation pipelines over an explicit file list.
+
+DALI's file reader cannot change its file list, and our list changes every epoch (a new
+permutation, and a new subset after each drop or pick). So each epoch builds a fresh pipeline,
+and close() deletes the old pipeline *and* its iterator and calls ReleaseUnusedMemory();
+otherwise memory grows with every switch (tests/test_dali_loader.py switches 50 times).
+GPU mode decodes with nvJPEG (`mixed`) and augments on the GPU; CPU mode is the same graph on the
+CPU (device_id=None), which is what CI runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import numpy as np
+import torch
+
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from dap_hvd.loaders import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, Batch, LoaderSpec
+
+_MEAN = [255 * m for m in IMAGENET_MEAN]
+_STD = [255 * s for s in IMAGENET_STD]
+
+
+def train_pipeline(spec: LoaderSpec, *, rank: int = 0, world_size: int = 1):
+    """RandomResizedCrop (area min_area..1, aspect 3/4..4/3), flip, optional colour jitter and
+    normalization. `spec.files` is already this rank's shard; rank and world size are recorded
+    for DALI's sharding arguments, which stay at one shard because we shard ourselves."""
+    gpu = spec.device == "gpu"
+
+    @pipeline_def(batch_size=spec.batch_size, num_threads=spec.workers,
+                  device_id=spec.device_id if gpu else None, seed=spec.seed, prefetch_queue_depth=2)
+    def pipe():
+        jpegs, tags = fn.readers.file(files=spec.files, labels=spec.tags.astype(np.int32).tolist(),
+                                      random_shuffle=False, shard_id=0, num_shards=1, name="Reader")
+        images = fn.decoders.image_random_crop(
+            jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
+            random_area=[spec.min_area, 1.0], random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10)
+        images = fn.resize(images, resize_x=spec.image_size, resize_y=spec.image_size)
+        if spec.color_jitter > 0:
+            j = spec.color_jitter
+            images = fn.color_twist(images, brightness=fn.random.uniform(range=[1 - j, 1 + j]),
+                                    contrast=fn.random.uniform(range=[1 - j, 1 + j]),
+                                    saturation=fn.random.uniform(range=[1 - j, 1 + j]))
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mean=_MEAN,
+                                          std=_STD, mirror=fn.random.coin_flip(probability=0.5))
+        if spec.pca_lighting > 0:
+            # AlexNet PCA lighting noise, per sample: alpha ~ N(0, std) along ImageNet's RGB eigvecs.
+            alpha = fn.random.normal(stddev=spec.pca_lighting, shape=[3])
+            shift = fn.cast(_pca_shift(alpha), dtype=types.FLOAT)
+            images = images + fn.reshape(shift, shape=[3, 1, 1])
+        return images, (tags.gpu() if gpu else tags)
+
+    return pipe()
+
+
+def _pca_shift(alpha):
+    # shift_c = sum_k eigvec[c, k] * alpha_k * eigval_k, in normalized units (divide by std).
+    scaled = alpha * types.Constant(PCA_EIGVAL)
+    rows = [fn.reductions.sum(scaled * types.Constant(PCA_EIGVEC[c]), axes=[0]) / IMAGENET_STD[c]
+            for c in range(3)]
+    return fn.stack(*rows)
+
+
+def val_pipeline(spec: LoaderSpec, *, rank: int = 0, world_size: int = 1):
+    """Resize the shorter side to val_resize, center-crop image_size, normalize."""
+    gpu = spec.device == "gpu"
+
+    @pipeline_def(batch_size=spec.batch_size, num_threads=spec.workers,
+                  device_id=spec.device_id if gpu else None, seed=spec.seed, prefetch_queue_depth=2)
+    def pipe():
+        jpegs, tags = fn.readers.file(files=spec.files, labels=spec.tags.astype(np.int32).tolist(),
+                                      random_shuffle=False, shard_id=0, num_shards=1, name="Reader")
+        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=spec.val_resize)
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                          crop=(spec.image_size, spec.image_size), mean=_MEAN, std=_STD)
+        return images, (tags.gpu() if gpu else tags)
+
+    return pipe()
+
+
+class DaliLoader:
+    def __init__(self, spec: LoaderSpec):
+        if len(spec.files) == 0:
+            raise ValueError("DALI loader needs at least one file")
+        self.spec = spec
+        self._pipe = (train_pipeline if spec.train else val_pipeline)(spec)
+        self._pipe.build()
+        self._it = DALIGenericIterator([self._pipe], ["images", "tags"], reader_name="Reader",
+                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.spec.files) / self.spec.batch_size)
+
+    def __iter__(self):
+        for out in self._it:
+            yield Batch(out[0]["images"], out[0]["tags"].reshape(-1).to(torch.int64))
+
+    def close(self) -> None:
+        # Both the iterator and the pipeline hold the executor; drop both, then let DALI free
+        # its pools. Missing either makes memory grow with every subset switch.
+        it, pipe = self.__dict__.pop("_it", None), self.__dict__.pop("_pipe", None)
+        del it, pipe
+        gc.collect()
+        from nvidia.dali.backend import ReleaseUnusedMemory
+
+        ReleaseUnusedMemory()

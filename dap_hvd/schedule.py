@@ -1,0 +1,171 @@
+"""The Drop-and-Pick schedule (Algorithm 1 of the DaP paper) as pure functions.
+
+After training epoch tau:
+  * drop: if tau > W and tau - T_prev == I and tau - T_start < alpha, keep the fraction p of the
+    *current* subset with the largest losses of epoch tau, and set T_prev = tau;
+  * pick: if tau in R, all data comes back and the cycle restarts: T_start = T_prev = tau.
+
+Algorithm 1 as printed resets only T_start at a reuse epoch. With alpha set, tau - T_prev could
+then never equal I again after the first cycle, so sampling would stop for good. The paper's own
+computation figures (Tables 2, 3, 7) only come out when the interval count restarts too, so we
+reset T_prev as well. tests/test_schedule.py checks every figure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Optional
+
+from dap_hvd import ConfigError
+
+PRESETS: dict[str, dict] = {
+    # Section 4.3.1: W=10, I=2, p=0.9, alpha=10, R=30/60/90 over 120 epochs (~75% compute).
+    "imagenet": dict(epochs=120, warmup=10, interval=2, keep=0.9, active=10, reuse=(30, 60, 90)),
+    # Table 2 baseline: ResNet-110 on CIFAR10, 300 epochs (63% compute).
+    "cifar10": dict(epochs=300, warmup=40, interval=10, keep=0.9, active=None, reuse=(150,)),
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    warmup: int
+    interval: int
+    keep: float
+    active: Optional[int] = None  # None: sample for the whole cycle
+    reuse: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"schedule parameter {name}: {msg}")
+
+        need(_is_int(self.epochs) and self.epochs >= 1, "epochs (E, --epochs)", f"must be an integer >= 1, got {self.epochs!r}")
+        need(_is_int(self.warmup) and self.warmup >= 0, "warmup (W, --warmup)", f"must be an integer >= 0, got {self.warmup!r}")
+        need(_is_int(self.interval) and self.interval >= 1, "interval (I, --interval)", f"must be an integer >= 1, got {self.interval!r}")
+        need(isinstance(self.keep, (int, float)) and not isinstance(self.keep, bool)
+             and math.isfinite(self.keep) and 0.0 < self.keep <= 1.0,
+             "keep (p, --keep)", f"must be in (0, 1], got {self.keep!r}")
+        need(self.active is None or (_is_int(self.active) and self.active >= 1),
+             "active (alpha, --active)", f"must be an integer >= 1 or absent, got {self.active!r}")
+        reuse = tuple(self.reuse)
+        for r in reuse:
+            need(_is_int(r) and 1 <= r <= self.epochs, "reuse (R, --reuse)",
+                 f"epoch {r!r} is outside 1..{self.epochs}")
+        need(len(set(reuse)) == len(reuse), "reuse (R, --reuse)", f"repeats an epoch: {list(reuse)}")
+        object.__setattr__(self, "reuse", tuple(sorted(reuse)))
+        object.__setattr__(self, "keep", float(self.keep))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "Schedule":
+        if name not in PRESETS:
+            raise ConfigError(f"--preset: unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        params = dict(PRESETS[name])
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**params)
+
+    def to_dict(self) -> dict:
+        return dict(epochs=self.epochs, warmup=self.warmup, interval=self.interval, keep=self.keep,
+                    active=self.active, reuse=list(self.reuse))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class DapState:
+    """Everything the schedule remembers between epochs (checkpointed with the run)."""
+
+    t_start: int
+    t_prev: int
+
+
+def initial_state(schedule: Schedule) -> DapState:
+    return DapState(t_start=schedule.warmup, t_prev=schedule.warmup)
+
+
+DROP, PICK, STAY = "drop", "pick", "stay"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # DROP: keep fraction p of the current subset; PICK: all data; STAY: unchanged
+    state: DapState
+
+
+def decide(schedule: Schedule, state: DapState, epoch: int) -> Decision:
+    """What to do after training `epoch` (1-based). Pure: returns the next state."""
+    drop = (
+        epoch > schedule.warmup
+        and epoch - state.t_prev == schedule.interval
+        and (schedule.active is None or epoch - state.t_start < schedule.active)
+    )
+    if epoch in schedule.reuse:
+        # A pick supersedes a drop due at the same epoch: the whole dataset comes back.
+        return Decision(PICK, DapState(t_start=epoch, t_prev=epoch))
+    if drop:
+        return Decision(DROP, replace(state, t_prev=epoch))
+    return Decision(STAY, state)
+
+
+def keep_count(n: int, keep: float) -> int:
+    """floor(p * n), at least 1. Exact in decimal: floor(0.29 * 100) is 29, not 28."""
+    return max(1, int(Fraction(repr(keep)) * n)) if n > 0 else 0
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    epoch: int
+    fraction: float  # of the full dataset trained in this epoch
+    size: Optional[int]  # exact subset size, when the number of samples is known
+    event: str  # what this epoch trains on: warmup | full | drop (newly reduced) | subset | pick
+    after: str  # the schedule's decision after this epoch: drop | pick | stay
+
+
+@dataclass(frozen=True)
+class Plan:
+    schedule: Schedule
+    num_samples: Optional[int]
+    epochs: tuple[EpochPlan, ...] = field(default=())
+
+    @property
+    def compute_ratio(self) -> float:
+        """Samples trained over E full epochs (exact sizes when num_samples is known)."""
+        if self.num_samples:
+            return sum(e.size for e in self.epochs) / (self.num_samples * self.schedule.epochs)
+        return sum(e.fraction for e in self.epochs) / self.schedule.epochs
+
+    def to_dict(self) -> dict:
+        return {
+            "schedule": self.schedule.to_dict(),
+            "num_samples": self.num_samples,
+            "compute_ratio": self.compute_ratio,
+            "epochs": [e.__dict__.copy() for e in self.epochs],
+        }
+
+
+def plan(schedule: Schedule, num_samples: Optional[int] = None) -> Plan:
+    """The per-epoch subset sizes the schedule produces, before any GPU hour is spent."""
+    if num_samples is not None and (not _is_int(num_samples) or num_samples < 1):
+        raise ConfigError(f"--num-samples: must be an integer >= 1, got {num_samples!r}")
+    state = initial_state(schedule)
+    fraction, size, event = 1.0, num_samples, "warmup"
+    rows = []
+    for epoch in range(1, schedule.epochs + 1):
+        if epoch <= schedule.warmup:
+            event = "warmup"
+        decision = decide(schedule, state, epoch)
+        rows.append(EpochPlan(epoch, fraction if size is None else size / num_samples, size, event, decision.action))
+        state = decision.state
+        if decision.action == PICK:
+            fraction, size, event = 1.0, num_samples, "pick"
+        elif decision.action == DROP:
+            fraction *= schedule.keep
+            size = None if size is None else keep_count(size, schedule.keep)
+            event = "drop"
+        else:
+            event = "full" if fraction == 1.0 else "subset"
+    return Plan(schedule, num_samples, tuple(rows))

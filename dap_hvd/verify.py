@@ -1,0 +1,90 @@
+"""Find every bad sample before it costs a GPU hour: `dap-hvd verify-data ROOT`."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from dap_hvd.catalog import IMAGE_EXTENSIONS, parse_file_list
+
+
+def check_image(path: str) -> Optional[str]:
+    """None if `path` decodes completely; otherwise why not."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with Image.open(path) as im:
+            im.verify()  # structure and checksums
+        with Image.open(path) as im:
+            im.load()  # a full decode catches truncation that verify() misses
+            if im.width < 1 or im.height < 1:
+                return "zero-sized image"
+    except UnidentifiedImageError:
+        return "not an image"
+    except OSError as e:
+        msg = str(e)
+        return "truncated image" if "truncated" in msg.lower() else f"corrupt image ({msg})"
+    except Exception as e:  # PIL raises many types for corrupt data
+        return f"corrupt image ({type(e).__name__}: {e})"
+    return None
+
+
+def find_bad(paths: list[str], workers: int = 4) -> list[tuple[str, str]]:
+    """(path, reason) for each path that does not decode, in input order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(check_image, paths, chunksize=64))
+    return [(p, r) for p, r in zip(paths, reasons) if r]
+
+
+@dataclass
+class Report:
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    bad_lines: list[str] = field(default_factory=list)
+    checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.bad_files or self.empty_classes or self.bad_lines)
+
+    def render(self) -> str:
+        lines = [f"{p}: {r}" for p, r in self.bad_files]
+        lines += [f"{c}: empty class folder" for c in self.empty_classes]
+        lines += self.bad_lines
+        status = "OK" if self.ok else f"{len(lines)} problem(s)"
+        return "\n".join(lines + [f"checked {self.checked} files: {status}"])
+
+
+def verify_data(root: str, splits=("train", "val"), file_list: Optional[str] = None, workers: int = 4) -> Report:
+    report = Report()
+    rootp = Path(root).resolve()
+    if file_list:
+        paths, _, problems = parse_file_list(rootp, Path(file_list))
+        report.bad_lines += problems
+        full = [str(rootp / p) for p in paths]
+    else:
+        full = []
+        present = [s for s in splits if (rootp / s).is_dir()]
+        if not present:
+            report.bad_lines.append(f"{rootp}: none of the folders {', '.join(splits)} exists")
+        for split in present:
+            for cls in sorted(os.scandir(rootp / split), key=lambda e: e.name):
+                if not cls.is_dir() or cls.name.startswith("."):
+                    continue
+                entries = sorted(e.path for e in os.scandir(cls.path) if e.is_file())
+                if not entries:
+                    report.empty_classes.append(cls.path)
+                for e in entries:
+                    if e.lower().endswith(IMAGE_EXTENSIONS):
+                        full.append(e)
+                    else:
+                        report.bad_files.append((e, "not an image file (unknown extension)"))
+    report.checked = len(full) + len(report.bad_files)
+    report.bad_files += find_bad(full, workers=workers)
+    return report
