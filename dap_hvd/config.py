@@ -130,9 +130,12 @@ _CHOICES = {
 }
 
 
+_FLAGS = {"root": "--data"}  # where the CLI flag is not the key's name
+
+
 def _where(section: Optional[str], key: str) -> str:
     dotted = f"{section}.{key}" if section else key
-    return f"{dotted} (--{key.replace('_', '-')})"
+    return f"{dotted} ({_FLAGS.get(key, '--' + key.replace('_', '-'))})"
 
 
 def _coerce(section: Optional[str], key: str, value: Any, annotation: str) -> Any:

@@ -19,7 +19,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from dap_hvd.loaders import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, Batch, LoaderSpec
+from dap_hvd.loaders import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, Batch, LoaderError, LoaderSpec
 
 _MEAN = [255 * m for m in IMAGENET_MEAN]
 _STD = [255 * s for s in IMAGENET_STD]
@@ -97,7 +97,14 @@ class DaliLoader:
         return math.ceil(len(self.spec.files) / self.spec.batch_size)
 
     def __iter__(self):
-        for out in self._it:
+        it = iter(self._it)
+        while True:
+            try:
+                out = next(it)
+            except StopIteration:
+                return
+            except Exception as e:  # DALI reports decode failures as RuntimeError deep in its executor
+                raise LoaderError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
             yield Batch(out[0]["images"], out[0]["tags"].reshape(-1).to(torch.int64))
 
     def close(self) -> None:

@@ -22,6 +22,10 @@ PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [
                       dtype=np.float32)
 
 
+class LoaderError(Exception):
+    """The data pipeline failed (e.g. DALI could not decode a file in this rank's shard)."""
+
+
 class BadSampleError(Exception):
     """A sample that could not be decoded; `tag` is its encoded global index (-1: unknown)."""
 

@@ -1,0 +1,131 @@
+"""The engine: train one epoch, evaluate. Single-process code; Horovod hides in the optimizer.
+
+Per-sample losses come out of the training forward pass (reduction='none') and feed the ledger
+on the device. The host reads running totals only when the progress line redraws, never per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from dap_hvd.ledger import LossLedger
+from dap_hvd.loaders import Loader
+from dap_hvd.lr import LRSchedule
+from dap_hvd.sharding import decode_labels
+
+
+@dataclass(frozen=True)
+class Precision:
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]  # None: fp32
+    channels_last: bool
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    samples: int  # trained by this rank, padding included
+    steps: int
+    loss_sum: float  # sum of per-sample training losses (valid samples)
+    loss_count: int
+    seconds: float
+    data_seconds: float  # time spent waiting for the loader
+    last_lr: float
+    global_step: int  # after the epoch
+
+
+def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, criterion: nn.Module,
+                    lr_schedule: LRSchedule, global_step: int, class_of: torch.Tensor, precision: Precision,
+                    ledger: Optional[LossLedger] = None, sample_weight: Optional[torch.Tensor] = None,
+                    scaler: Optional["torch.amp.GradScaler"] = None, max_steps: Optional[int] = None,
+                    progress=None, metrics=None) -> EpochStats:
+    model.train()
+    dev = precision.device
+    loss_sum = torch.zeros((), device=dev)
+    loss_count = torch.zeros((), device=dev, dtype=torch.int64)
+    samples = steps = 0
+    lr = lr_schedule(global_step)
+    t_start = t_prev = time.perf_counter()
+    data_seconds = 0.0
+    for batch in loader:
+        t_data = time.perf_counter()
+        wait = t_data - t_prev
+        data_seconds += wait
+        lr = lr_schedule(global_step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = precision.to_device(batch.images)
+        indices, valid = decode_labels(batch.tags.to(dev, non_blocking=True))
+        targets = class_of[indices]
+
+        optimizer.zero_grad()
+        with precision.autocast():
+            per_sample = criterion(model(images), targets).float()  # reduction='none'
+        weighted = per_sample if sample_weight is None else per_sample * sample_weight[indices]
+        loss = weighted.mean()
+        if scaler is not None:  # fp16: unscale after Horovod's allreduce, step without a 2nd sync
+            scaler.scale(loss).backward()
+            optimizer.synchronize()
+            scaler.unscale_(optimizer)
+            with optimizer.skip_synchronize():
+                scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+        if ledger is not None:
+            ledger.record(indices, per_sample, valid)
+        vmask = valid.to(per_sample.dtype)
+        loss_sum += (per_sample.detach() * vmask).sum()
+        loss_count += valid.sum()
+        n = images.shape[0]
+        samples += n
+        steps += 1
+        global_step += 1
+        t_prev = time.perf_counter()
+        if metrics is not None:
+            metrics.observe_step(step_seconds=t_prev - t_data, wait_seconds=wait)
+        if progress is not None:
+            progress.update(steps, n, loss_sum, loss_count, lr)
+        if max_steps is not None and steps >= max_steps:
+            break
+    return EpochStats(samples=samples, steps=steps, loss_sum=float(loss_sum),
+                      loss_count=int(loss_count), seconds=time.perf_counter() - t_start,
+                      data_seconds=data_seconds, last_lr=lr, global_step=global_step)
+
+
+@torch.no_grad()
+def evaluate(*, model: nn.Module, loader: Loader, class_of: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """Counts [top1_correct, top5_correct, samples] over this rank's valid samples. The caller
+    sums them across ranks, so the accuracy is exact, not an average of per-rank averages."""
+    model.eval()
+    dev = precision.device
+    counts = torch.zeros(3, dtype=torch.float64, device=dev)
+    for batch in loader:
+        images = precision.to_device(batch.images)
+        indices, valid = decode_labels(batch.tags.to(dev))
+        targets = class_of[indices]
+        with precision.autocast():
+            logits = model(images)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top.eq(targets.unsqueeze(1))
+        counts[0] += (hit[:, 0] & valid).sum()
+        counts[1] += (hit.any(dim=1) & valid).sum()
+        counts[2] += valid.sum()
+    return counts

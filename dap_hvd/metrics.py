@@ -1,0 +1,81 @@
+"""The one module that imports prometheus_client. Each rank serves its own registry (never the
+process-global default one) on metrics_port + local_rank; every series carries rank and run_id."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway, start_http_server
+
+from dap_hvd import ConfigError
+
+log = logging.getLogger("dap_hvd")
+
+_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class Metrics:
+    def __init__(self, *, rank: int, local_rank: int, run_id: str, port: int = 0, host: str = "0.0.0.0",
+                 pushgateway: Optional[str] = None):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.rank, self.run_id, self.pushgateway = rank, run_id, pushgateway
+        self.port = port + local_rank if port else 0
+        labels = ("rank", "run_id")
+        lv = (str(rank), run_id)
+        r = self.registry
+
+        def counter(name, doc):
+            return Counter(name, doc, labels, registry=r).labels(*lv)
+
+        def gauge(name, doc):
+            return Gauge(name, doc, labels, registry=r).labels(*lv)
+
+        def hist(name, doc, buckets):
+            return Histogram(name, doc, labels, registry=r, buckets=buckets).labels(*lv)
+
+        self.samples = counter("dap_samples_trained_total", "Samples trained by this rank (padding included).")
+        self.images_per_second = gauge("dap_images_per_second", "Training throughput of this rank in the last epoch.")
+        self.step_seconds = hist("dap_step_seconds", "Time of one training step, data wait excluded.", _STEP_BUCKETS)
+        self.data_wait = hist("dap_data_wait_seconds", "Time a step waited for its batch.", _WAIT_BUCKETS)
+        self.loss = gauge("dap_train_loss", "Mean training loss of the last epoch (all ranks).")
+        self.lr = gauge("dap_learning_rate", "Learning rate at the end of the last epoch.")
+        self.epoch = gauge("dap_epoch", "Last completed epoch.")
+        self.subset_size = gauge("dap_subset_samples", "Samples in the subset trained in the last epoch.")
+        self.kept_fraction = gauge("dap_kept_fraction_ratio", "Subset size over the full dataset.")
+        self.compute_ratio = gauge("dap_compute_ratio", "Cumulative samples trained over full-data epochs so far.")
+        self.selection_seconds = hist("dap_selection_duration_seconds", "Merge + select + broadcast time.",
+                                      (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.selection_bytes = counter("dap_selection_sent_bytes_total", "Bytes this rank sent for selection steps.")
+        self.top1 = gauge("dap_top1_accuracy_ratio", "Validation top-1 accuracy, 0..1.")
+        self.top5 = gauge("dap_top5_accuracy_ratio", "Validation top-5 accuracy, 0..1.")
+        self.checkpoint_seconds = hist("dap_checkpoint_duration_seconds", "Time to write a checkpoint.",
+                                       (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60))
+        self.skipped = counter("dap_skipped_samples_total", "Bad samples excluded from training.")
+        self._server = None
+        if self.port:
+            try:
+                self._server, _ = start_http_server(self.port, addr=host, registry=self.registry)
+            except OSError as e:
+                raise ConfigError(f"--metrics-port: rank {rank} cannot serve metrics on {host}:{self.port} "
+                                  f"({e.strerror or e}); pick another base port, or 'off'") from None
+
+    def observe_step(self, *, step_seconds: float, wait_seconds: float) -> None:
+        self.step_seconds.observe(step_seconds)
+        self.data_wait.observe(wait_seconds)
+
+    def push(self) -> None:
+        if not self.pushgateway:
+            return
+        try:
+            push_to_gateway(self.pushgateway, job="dap_hvd", registry=self.registry,
+                            grouping_key={"rank": str(self.rank), "run_id": self.run_id})
+        except Exception as e:  # a monitoring hiccup must not kill a training job
+            log.warning("rank %d: push to %s failed: %s", self.rank, self.pushgateway, e)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,57 @@
+"""Run under horovodrun: the full distributed selection step on synthetic losses.
+
+Each rank trains (pretends to) on its shard of an uneven subset, records losses in the ledger
+(padding duplicates included but flagged), merges them, rank 0 selects and broadcasts. Every
+rank prints the digest of what it ended up with and the digest a single process would compute
+from the global loss vector.
+"""
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from dap_hvd import DivergedError, dist
+from dap_hvd.ledger import LossLedger
+from dap_hvd.schedule import keep_count
+from dap_hvd.selection import check_finite, get_strategy, select_hardest, selection_digest
+from dap_hvd.sharding import shard_for_rank
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--subset-size", type=int, default=1001)
+ap.add_argument("--method", default="allreduce")
+ap.add_argument("--strategy", default="dap")
+ap.add_argument("--nan-at", type=int, default=-1)
+a = ap.parse_args()
+
+world = dist.init()
+rng = np.random.default_rng(1234)
+universe_size = 5 * a.subset_size
+subset = np.sort(rng.choice(universe_size, size=a.subset_size, replace=False)).astype(np.int64) + 2**33  # int64-only range
+global_loss = rng.integers(0, 40, size=a.subset_size).astype(np.float32) / 4  # plenty of ties
+if a.nan_at >= 0:
+    global_loss[a.nan_at] = np.nan
+loss_of = dict(zip(subset.tolist(), global_loss.tolist()))
+
+shard = shard_for_rank(subset, epoch=4, seed=9, rank=world.rank, world=world.size, batch_size=16)
+ledger = LossLedger(subset, torch.device("cpu"))
+for start in range(0, len(shard.indices), 16):  # batch by batch, like the engine
+    idx = torch.from_numpy(shard.indices[start:start + 16])
+    ledger.record(idx, torch.tensor([loss_of[i] for i in idx.tolist()]), torch.from_numpy(shard.valid[start:start + 16]))
+
+status = "ok"
+try:
+    merged = dist.merge_losses(subset, ledger.loss, ledger.count, method=a.method, epoch=4, world_size=world.size)
+    check_finite(subset, merged.losses, 4)
+    count = keep_count(a.subset_size, 0.9)
+    chosen = get_strategy(a.strategy).select(subset, merged.losses, count, seed=9, epoch=4).indices \
+        if world.is_root else None
+    final = dist.broadcast_indices(chosen, name="sel")
+    expected = select_hardest(subset, global_loss, count) if a.strategy == "dap" else final
+    payload = dict(digest=selection_digest(final), expected=selection_digest(expected), size=len(final),
+                   steps=shard.steps, padding=shard.num_padding, merged_equal=bool(np.array_equal(merged.losses, global_loss)))
+except DivergedError as e:
+    status, payload = "diverged", dict(error=str(e))
+print("RESULT " + json.dumps(dict(rank=world.rank, status=status, **payload)), flush=True)
+dist.shutdown()

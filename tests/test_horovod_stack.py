@@ -1,0 +1,50 @@
+"""The real stack: Horovod over Gloo (horovodrun) and over MPI (mpirun + mpi4py), 2 ranks."""
+
+import pytest
+
+from conftest import PY, REPO, horovodrun, mpirun, rank_json
+
+pytestmark = pytest.mark.multirank
+SCRIPT = str(REPO / "tests" / "mp_collectives.py")
+
+
+def _check(results, n):
+    assert sorted(results) == list(range(n))
+    for r, res in results.items():
+        assert res["size"] == n
+        assert res["sum"] == [float(sum(range(1, n + 1))), 10.0 * sum(range(n))]
+        assert res["gather"] == [100 * q + i for q in range(n) for i in range(q + 1)]  # uneven lengths
+        assert res["bcast"] == [7 + 2**40]
+
+
+def test_stack_imports_with_gloo_and_mpi():
+    import horovod.torch as hvd
+    import mpi4py  # noqa: F401
+    import nvidia.dali  # noqa: F401
+    import prometheus_client  # noqa: F401
+    import torchvision  # noqa: F401
+
+    assert hvd.gloo_built() and hvd.mpi_built()
+
+
+def test_horovodrun_gloo_two_ranks():
+    p = horovodrun(2, [PY, SCRIPT], timeout=120)
+    res = rank_json(p.stdout, "RESULT ")
+    _check(res, 2)
+    assert all(v["gloo"] for v in res.values())
+
+
+def test_mpirun_two_ranks_with_mpi4py_comm():
+    p = mpirun(2, [PY, SCRIPT, "--mpi4py"], timeout=120)
+    res = rank_json(p.stdout, "RESULT ")
+    _check(res, 2)
+    assert all(v["mpi"] and v["mpi4py"] for v in res.values())
+
+
+def test_a_failing_rank_fails_the_job_without_hanging(tmp_path):
+    script = tmp_path / "die.py"
+    script.write_text("import horovod.torch as hvd, torch, sys\nhvd.init()\n"
+                      "if hvd.rank() == 1: sys.exit(3)\n"
+                      "hvd.allreduce(torch.ones(1), name='never')\n")
+    p = horovodrun(2, [PY, str(script)], timeout=120, check=False)
+    assert p.returncode != 0
