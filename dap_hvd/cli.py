@@ -94,6 +94,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--run-id")
     p.add_argument("--progress", action=B, default=None)
     p.add_argument("--max-steps-per-epoch", type=int)
+    p.add_argument("--stop-after", type=int, metavar="EPOCH",
+                   help="end cleanly after this epoch, checkpointed (e.g. a SLURM time limit); --resume continues")
     p.add_argument("--mpi", action="store_true", help="hand mpi4py's COMM_WORLD to hvd.init (under mpirun)")
     return p
 

@@ -46,7 +46,9 @@ class DataConfig:
 
     @property
     def is_sample(self) -> bool:
-        return self.root is None
+        """The embedded dataset (default), or any folder `make-sample-data` wrote: such data gets
+        the small-image defaults (32-px crops, resnet_small, the 'sample' preset)."""
+        return self.root is None or (Path(self.root) / "sample-spec.json").is_file()
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class TrainConfig:
     run_id: Optional[str] = None
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None  # debugging: cap steps (every rank alike)
+    stop_after: Optional[int] = None  # end cleanly after this epoch (checkpointed); --resume continues
 
     # Values that depend on the data, resolved here rather than scattered through the trainer.
     @property
@@ -280,6 +283,7 @@ class _TopLevel:
     run_id: Optional[str] = None
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None
+    stop_after: Optional[int] = None
 
     def as_train(self, schedule: Schedule) -> TrainConfig:
         return TrainConfig(schedule=schedule, **dataclasses.asdict(self))
@@ -306,6 +310,8 @@ def _validate(cfg: TrainConfig) -> None:
     _check(cfg.eval_every >= 1, None, "eval_every", f"must be >= 1, got {cfg.eval_every}")
     _check(cfg.keep_checkpoints >= 1, None, "keep_checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
     _check(0 <= cfg.metrics_port <= 65535, None, "metrics_port", f"must be a port number or 0/off, got {cfg.metrics_port}")
+    _check(cfg.stop_after is None or 1 <= cfg.stop_after <= cfg.schedule.epochs, None, "stop_after",
+           f"must be in 1..{cfg.schedule.epochs}, got {cfg.stop_after}")
     _check(cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1, None, "max_steps_per_epoch", "must be >= 1")
 
 

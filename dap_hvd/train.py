@@ -77,7 +77,7 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
 
     # ---- data: the embedded sample set is generated once per node on first use
     root = cfg.data_root
-    if cfg.data.is_sample:
+    if cfg.data.root is None:
         if world.local_rank == 0:
             from dap_hvd.sample_data import make_sample_data
             make_sample_data(root)
@@ -134,7 +134,8 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
                       host=cfg.metrics_host, pushgateway=cfg.pushgateway)
     metrics.skipped.inc(len(excluded))
     try:
-        for epoch in range(state.epoch + 1, cfg.schedule.epochs + 1):
+        last = min(cfg.schedule.epochs, cfg.stop_after or cfg.schedule.epochs)
+        for epoch in range(state.epoch + 1, last + 1):
             _train_epoch(cfg, world, run_dir, epoch, state, strategy, train_cat, val_cat, universe, class_of,
                          val_class_of, model, optimizer, scaler, criterion, lr_schedule, precision, metrics, excluded)
     finally:
@@ -197,7 +198,7 @@ def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_ca
                                 name=f"epoch.{epoch}.totals")
     samples, loss_sum, loss_count = int(totals[0]), float(totals[1]), max(1.0, float(totals[2]))
     top1 = top5 = None
-    if epoch % cfg.eval_every == 0 or epoch == cfg.schedule.epochs:
+    if epoch % cfg.eval_every == 0 or epoch in (cfg.schedule.epochs, cfg.stop_after):
         top1, top5 = _evaluate(cfg, world, epoch, model, val_cat, val_class_of, precision)
     state.epoch, state.global_step = epoch, stats.global_step
     state.samples_trained += samples
@@ -380,7 +381,7 @@ def _write_run_files(cfg: TrainConfig, run_dir: Path) -> None:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     d = cfg.to_dict()
-    d["resume"] = None
+    d["resume"] = d["stop_after"] = None
     d["out"] = str(run_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
 

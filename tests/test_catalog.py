@@ -1,0 +1,47 @@
+"""Catalog: stable global indices, cached manifest with staleness detection, safe file lists."""
+
+import os
+import time
+
+import pytest
+
+from dap_hvd import DataError
+from dap_hvd.catalog import load_catalog
+
+
+def test_indices_are_stable_and_sorted(tiny_data):
+    a = load_catalog(tiny_data, "train", cache=False)
+    b = load_catalog(tiny_data, "train")  # writes the manifest
+    c = load_catalog(tiny_data, "train")  # reads it
+    assert a.paths == b.paths == c.paths and len(a) == 400 and a.num_classes == 10
+    assert list(a.classes) == sorted(a.classes)
+    assert a.labels[0] == 0 and a.labels[-1] == 9 and (a.labels[:-1] <= a.labels[1:]).all()
+
+
+def test_manifest_is_rebuilt_when_a_class_folder_changes(data_copy):
+    before = load_catalog(data_copy, "train")
+    cls = data_copy / "train" / before.classes[3]
+    time.sleep(0.01)
+    (cls / "zzz_new.jpg").write_bytes((data_copy / "train" / before.paths[0]).read_bytes())
+    os.utime(cls, ns=(time.time_ns(), time.time_ns() + 10**9))  # coarse-mtime filesystems
+    after = load_catalog(data_copy, "train")
+    assert len(after) == len(before) + 1 and any(p.endswith("zzz_new.jpg") for p in after.paths)
+
+
+def test_file_list_rejects_paths_outside_root_and_bad_lines(tiny_data, tmp_path):
+    first = load_catalog(tiny_data, "train").paths[0]
+    good = tmp_path / "ok.txt"
+    good.write_text(f"train/{first} 3\n")
+    cat = load_catalog(tiny_data, "train", file_list=str(good))
+    assert len(cat) == 1 and cat.labels.tolist() == [3]
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"../../etc/passwd 0\ntrain/{first} x\nno_label_here\n")
+    with pytest.raises(DataError) as e:
+        load_catalog(tiny_data, "train", file_list=str(bad))
+    msg = str(e.value)
+    assert "outside the data root" in msg and "bad.txt:2" in msg and "bad.txt:3" in msg
+
+
+def test_missing_split_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no 'train' folder"):
+        load_catalog(tmp_path, "train")
