@@ -90,6 +90,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--merge", help="allreduce | allgather: how per-sample losses reach rank 0")
     p.add_argument("--metrics-port", help="base port; rank r serves on BASE + local_rank; 0 or off disables")
     p.add_argument("--metrics-host")
+    p.add_argument("--metrics-linger", type=float, help="seconds to keep serving metrics after training ends")
     p.add_argument("--pushgateway", help="Pushgateway URL, pushed at each epoch end")
     p.add_argument("--run-id")
     p.add_argument("--progress", action=B, default=None)
@@ -152,6 +153,14 @@ def cmd_verify_data(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_sd_file(a: argparse.Namespace) -> int:
+    from dap_hvd.discovery import parse_hosts, write_sd_file
+
+    targets = write_sd_file(a.out, parse_hosts(a.hosts), a.base_port, a.run_id)
+    print(f"wrote {len(targets)} scrape targets to {a.out}")
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from dap_hvd.bench import main as bench_main
 
@@ -183,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default="train,val")
     p.add_argument("--workers", type=int, default=4)
     p.set_defaults(func=cmd_verify_data)
+    p = sub.add_parser("sd-file", help="write a Prometheus file_sd targets file for a host list")
+    p.add_argument("--hosts", required=True, help="host:slots,host:slots (horovodrun -H syntax)")
+    p.add_argument("--base-port", type=int, default=9400)
+    p.add_argument("--run-id", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_sd_file)
     p = sub.add_parser("bench", help="run the benchmark suite (writes BENCHMARKS.md)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)

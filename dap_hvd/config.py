@@ -84,6 +84,7 @@ class TrainConfig:
     merge: str = "allreduce"  # how losses meet on rank 0: allreduce (dense) | allgather
     metrics_port: int = 0  # 0: off; else rank r serves on metrics_port + local_rank
     metrics_host: str = "0.0.0.0"
+    metrics_linger: float = 0.0  # keep serving this long after training, for a last scrape
     pushgateway: Optional[str] = None
     run_id: Optional[str] = None
     progress: bool = True
@@ -279,6 +280,7 @@ class _TopLevel:
     merge: str = "allreduce"
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"
+    metrics_linger: float = 0.0
     pushgateway: Optional[str] = None
     run_id: Optional[str] = None
     progress: bool = True
@@ -309,6 +311,7 @@ def _validate(cfg: TrainConfig) -> None:
         _check(1 <= s <= cfg.schedule.epochs, "optim", "lr_steps", f"epoch {s} outside 1..{cfg.schedule.epochs}")
     _check(cfg.eval_every >= 1, None, "eval_every", f"must be >= 1, got {cfg.eval_every}")
     _check(cfg.keep_checkpoints >= 1, None, "keep_checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
+    _check(cfg.metrics_linger >= 0, None, "metrics_linger", f"must be >= 0, got {cfg.metrics_linger}")
     _check(0 <= cfg.metrics_port <= 65535, None, "metrics_port", f"must be a port number or 0/off, got {cfg.metrics_port}")
     _check(cfg.stop_after is None or 1 <= cfg.stop_after <= cfg.schedule.epochs, None, "stop_after",
            f"must be in 1..{cfg.schedule.epochs}, got {cfg.stop_after}")

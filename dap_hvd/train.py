@@ -138,6 +138,8 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
         for epoch in range(state.epoch + 1, last + 1):
             _train_epoch(cfg, world, run_dir, epoch, state, strategy, train_cat, val_cat, universe, class_of,
                          val_class_of, model, optimizer, scaler, criterion, lr_schedule, precision, metrics, excluded)
+        if cfg.metrics_port and cfg.metrics_linger:
+            time.sleep(cfg.metrics_linger)  # let Prometheus take a last scrape of the final values
     finally:
         metrics.close()
     summary = _summary(cfg, world, state, the_plan.compute_ratio, len(universe), len(excluded))

@@ -1,0 +1,37 @@
+"""The launch scripts: horovodrun and mpirun each run a 2-slot job on localhost; the SLURM
+script parses and its dry run prints the command it would execute."""
+
+import json
+import shlex
+import subprocess
+
+import pytest
+
+from conftest import REPO, run
+from test_metrics import _free_base_port
+
+pytestmark = pytest.mark.multirank
+TRAIN = ["--epochs", "2", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "2", "--batch-size", "16",
+         "--no-progress", "--workers", "1"]
+
+
+@pytest.mark.parametrize("script", ["horovodrun.sh", "mpirun.sh"])
+def test_launcher_runs_two_slots_on_localhost(script, tiny_data, tmp_path):
+    port, sd, out = _free_base_port(), tmp_path / "targets.json", tmp_path / "run"
+    run([str(REPO / "launch" / script), "-H", "localhost:2", "--", "--data", str(tiny_data), "--out", str(out),
+         "--metrics-host", "127.0.0.1", *TRAIN], env={"METRICS_PORT": str(port), "SD_FILE": str(sd)}, timeout=300)
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+    assert json.loads(sd.read_text())[0]["targets"] == [f"localhost:{port}", f"localhost:{port + 1}"]
+
+
+def test_slurm_script_parses_and_dry_runs(tmp_path):
+    script = str(REPO / "launch" / "slurm.sbatch")
+    subprocess.run(["bash", "-n", script], check=True)
+    env = {"DRY_RUN": "1", "SLURM_JOB_NODELIST": "gpu01,gpu02", "SLURM_NTASKS_PER_NODE": "8", "SLURM_NTASKS": "16",
+           "SD_FILE": str(tmp_path / "sd.json")}
+    p = run(["bash", script, "--preset", "imagenet", "--data", "/datasets/imagenet"], env=env, timeout=60)
+    assert p.stdout.startswith("srun --mpi=pmix") and "train --mpi" in p.stdout and "--preset imagenet" in p.stdout
+    assert len(json.loads((tmp_path / "sd.json").read_text())[0]["targets"]) == 16
+    p = run(["bash", script], env={**env, "MODE": "horovodrun"}, timeout=60)
+    argv = shlex.split(p.stdout)
+    assert argv[argv.index("-np") + 1] == "16" and argv[argv.index("-H") + 1] == "gpu01:8,gpu02:8"
