@@ -61,7 +61,7 @@ class OptimConfig:
     label_smoothing: float = 0.1
     lr_schedule: str = "step"  # step (x0.1 at lr_steps) | cosine
     lr_steps: Optional[tuple[int, ...]] = None  # None: the schedule's reuse epochs
-    lr_warmup_epochs: float = 5.0  # gradual warm-up, in (full-data) epochs
+    lr_warmup_epochs: Optional[float] = None  # gradual warm-up in full-data epochs; None: 5, or 1 on sample data
     zero_gamma: bool = True
     fp16_allreduce: bool = False  # horovod gradient compression
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | off | bf16 | fp16
@@ -103,6 +103,12 @@ class TrainConfig:
     @property
     def val_resize(self) -> int:
         return self.data.val_resize or int(round(self.image_size * 256 / 224))
+
+    @property
+    def lr_warmup_epochs(self) -> float:
+        if self.optim.lr_warmup_epochs is not None:
+            return self.optim.lr_warmup_epochs
+        return 1.0 if self.data.is_sample else 5.0
 
     @property
     def lr_steps(self) -> tuple[int, ...]:
@@ -306,7 +312,7 @@ def _validate(cfg: TrainConfig) -> None:
     _check(0 <= o.momentum < 1, "optim", "momentum", f"must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, "optim", "weight_decay", f"must be >= 0, got {o.weight_decay}")
     _check(0 <= o.label_smoothing < 1, "optim", "label_smoothing", f"must be in [0, 1), got {o.label_smoothing}")
-    _check(o.lr_warmup_epochs >= 0, "optim", "lr_warmup_epochs", f"must be >= 0, got {o.lr_warmup_epochs}")
+    _check(o.lr_warmup_epochs is None or o.lr_warmup_epochs >= 0, "optim", "lr_warmup_epochs", f"must be >= 0, got {o.lr_warmup_epochs}")
     for s in cfg.lr_steps:
         _check(1 <= s <= cfg.schedule.epochs, "optim", "lr_steps", f"epoch {s} outside 1..{cfg.schedule.epochs}")
     _check(cfg.eval_every >= 1, None, "eval_every", f"must be >= 1, got {cfg.eval_every}")

@@ -115,7 +115,7 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
     epoch_steps = [math.ceil(math.ceil(e.size / world.size) / cfg.data.batch_size) for e in the_plan.epochs]
     if cfg.max_steps_per_epoch:
         epoch_steps = [min(s, cfg.max_steps_per_epoch) for s in epoch_steps]
-    lr_schedule = build_lr_schedule(base_lr=base_lr, epoch_steps=epoch_steps, warmup_epochs=cfg.optim.lr_warmup_epochs,
+    lr_schedule = build_lr_schedule(base_lr=base_lr, epoch_steps=epoch_steps, warmup_epochs=cfg.lr_warmup_epochs,
                                     full_epoch_steps=epoch_steps[0], lr_steps=cfg.lr_steps, mode=cfg.optim.lr_schedule)
 
     # ---- resume (rank 0 reads, everyone receives), then one broadcast of the training state

@@ -30,7 +30,7 @@ rm -f "$VENV/.dap-hvd-ready"
 
 step "python packages: torch, torchvision, DALI, mpi4py, prometheus-client (pinned in pyproject.toml)"
 # cmake/psutil/cloudpickle/packaging are Horovod's build and runtime needs.
-"$VENV/bin/python" -m pip install -q -e ".[test]" "cmake>=3.25,<4" psutil cloudpickle packaging
+"$VENV/bin/python" -m pip install -q -e ".[test,bench]" "cmake>=3.25,<4" psutil cloudpickle packaging
 
 step "Horovod 0.28.1 wheel ($FLAVOR): build from patched sdist, or reuse the cached one"
 WHEEL=$(PATH="$VENV/bin:$PATH" scripts/build_horovod.sh "$VENV/bin/python" "$FLAVOR" | tail -n 1)
