@@ -102,7 +102,7 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     global_batch = cfg.data.batch_size * world.size
-    base_lr = cfg.optim.lr if cfg.optim.lr is not None else 0.1 * global_batch / 256  # Goyal et al.
+    base_lr = cfg.base_lr(global_batch)  # linear scaling with the global batch
     optimizer = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay, cfg.optim.no_bias_decay),
                                 lr=base_lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
     optimizer = dist.distributed_optimizer(optimizer, model, cfg.optim.fp16_allreduce)

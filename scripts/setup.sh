@@ -41,12 +41,12 @@ step "install Horovod from $(basename "$WHEEL")"
 
 step "verify the stack imports, and Horovod has Gloo and MPI"
 "$VENV/bin/python" - <<'PY'
-import horovod.torch as hvd, nvidia.dali, torchvision, mpi4py, prometheus_client, dap_hvd  # noqa: F401
+import horovod, horovod.torch as hvd, nvidia.dali, torchvision, mpi4py, prometheus_client, dap_hvd  # noqa: F401
 assert hvd.gloo_built(), "horovod was built without Gloo"
 assert hvd.mpi_built(), "horovod was built without MPI"
 import torch
 print(f"    torch {torch.__version__}, torchvision {torchvision.__version__}, "
-      f"DALI {nvidia.dali.__version__}, horovod {hvd.__version__} (gloo+mpi), mpi4py {mpi4py.__version__}")
+      f"DALI {nvidia.dali.__version__}, horovod {horovod.__version__} (gloo+mpi), mpi4py {mpi4py.__version__}")
 PY
 
 touch "$VENV/.dap-hvd-ready"
