@@ -25,17 +25,29 @@ _MEAN = [255 * m for m in IMAGENET_MEAN]
 _STD = [255 * s for s in IMAGENET_STD]
 
 
+def _pipeline(spec: LoaderSpec):
+    gpu = spec.device == "gpu"
+    return pipeline_def(batch_size=spec.batch_size, num_threads=spec.workers, device_id=spec.device_id if gpu else None,
+                        seed=spec.seed, prefetch_queue_depth=2)
+
+
+def _reader(spec: LoaderSpec):
+    # The list is already this rank's shard, in our own permutation: one shard, no shuffling
+    # (random_shuffle would only mix within a 1,024-sample buffer anyway). The label is the
+    # encoded global index, mapped to the class by the engine.
+    return fn.readers.file(files=spec.files, labels=spec.tags.astype(np.int32).tolist(), random_shuffle=False,
+                           shard_id=0, num_shards=1, name="Reader")
+
+
 def train_pipeline(spec: LoaderSpec, *, rank: int = 0, world_size: int = 1):
     """RandomResizedCrop (area min_area..1, aspect 3/4..4/3), flip, optional colour jitter and
     normalization. `spec.files` is already this rank's shard; rank and world size are recorded
     for DALI's sharding arguments, which stay at one shard because we shard ourselves."""
     gpu = spec.device == "gpu"
 
-    @pipeline_def(batch_size=spec.batch_size, num_threads=spec.workers,
-                  device_id=spec.device_id if gpu else None, seed=spec.seed, prefetch_queue_depth=2)
+    @_pipeline(spec)
     def pipe():
-        jpegs, tags = fn.readers.file(files=spec.files, labels=spec.tags.astype(np.int32).tolist(),
-                                      random_shuffle=False, shard_id=0, num_shards=1, name="Reader")
+        jpegs, tags = _reader(spec)
         images = fn.decoders.image_random_crop(
             jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
             random_area=[spec.min_area, 1.0], random_aspect_ratio=[3 / 4, 4 / 3], num_attempts=10)
@@ -69,11 +81,9 @@ def val_pipeline(spec: LoaderSpec, *, rank: int = 0, world_size: int = 1):
     """Resize the shorter side to val_resize, center-crop image_size, normalize."""
     gpu = spec.device == "gpu"
 
-    @pipeline_def(batch_size=spec.batch_size, num_threads=spec.workers,
-                  device_id=spec.device_id if gpu else None, seed=spec.seed, prefetch_queue_depth=2)
+    @_pipeline(spec)
     def pipe():
-        jpegs, tags = fn.readers.file(files=spec.files, labels=spec.tags.astype(np.int32).tolist(),
-                                      random_shuffle=False, shard_id=0, num_shards=1, name="Reader")
+        jpegs, tags = _reader(spec)
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_shorter=spec.val_resize)
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",

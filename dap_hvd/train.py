@@ -421,25 +421,28 @@ def _setup_logging(world: dist.World, run_dir: Path) -> None:
 
 
 class _Progress:
-    """Rank 0's progress line: images/s, loss, kept fraction. Redraws at most twice a second,
-    and only then reads the loss from the device."""
+    """Rank 0's progress bar: images/s, loss, kept fraction. On a terminal it redraws in place
+    twice a second; under horovodrun/mpirun/SLURM (a pipe) it prints a line every 15 s. Only a
+    redraw reads the loss from the device, never every step."""
 
     def __init__(self, epoch, epochs, steps, world_size, kept):
         self.epoch, self.epochs, self.steps, self.world, self.kept = epoch, epochs, steps, world_size, kept
         self.t0 = self.last = time.perf_counter()
         self.images = 0
         self.tty = sys.stdout.isatty()
+        self.every = 0.5 if self.tty else 15.0
 
     def update(self, step, n, loss_sum, loss_count, lr):
         self.images += n * self.world
         now = time.perf_counter()
-        if not self.tty or (now - self.last < 0.5 and step != self.steps):
+        if now - self.last < self.every or (not self.tty and step == self.steps):
             return
         self.last = now
         loss = float(loss_sum) / max(1, int(loss_count))
         bar = "#" * int(20 * step / self.steps)
-        sys.stdout.write(f"\repoch {self.epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps} "
-                         f"{self.images / (now - self.t0):.0f} img/s loss {loss:.3f} lr {lr:.3g} kept {self.kept:.1%}")
+        line = (f"epoch {self.epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps} "
+                f"{self.images / (now - self.t0):.0f} img/s loss {loss:.3f} lr {lr:.3g} kept {self.kept:.1%}")
+        sys.stdout.write(f"\r{line}" if self.tty else f"{line}\n")
         sys.stdout.flush()
 
     def close(self):

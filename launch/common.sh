@@ -38,3 +38,21 @@ run_or_print() {
     exec "$@"
   fi
 }
+
+parse_launch_args() {  # sets hosts, hostfile, np, controller, host_text; leaves train flags in TRAIN_ARGS
+  hosts="" hostfile="" np="" controller="--gloo"
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -H|--hosts) hosts=$2; shift 2;;
+      --hostfile) hostfile=$2; shift 2;;
+      -np|--num-proc) np=$2; shift 2;;
+      --mpi) controller="--mpi"; shift;;
+      --) shift; break;;
+      *) break;;
+    esac
+  done
+  TRAIN_ARGS=("$@")
+  [ -n "$hosts" ] || [ -n "$hostfile" ] || hosts="localhost:$(local_slots)"
+  host_text=${hosts:-$(cat "$hostfile")}
+  [ -n "$np" ] || np=$(total_slots "$host_text")
+}

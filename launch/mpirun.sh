@@ -9,19 +9,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/common.sh"
 
-hosts="" hostfile="" np=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -H|--hosts) hosts=$2; shift 2;;
-    --hostfile) hostfile=$2; shift 2;;
-    -np) np=$2; shift 2;;
-    --) shift; break;;
-    *) break;;
-  esac
-done
-[ -n "$hosts" ] || [ -n "$hostfile" ] || hosts="localhost:$(local_slots)"
-host_text=${hosts:-$(cat "$hostfile")}
-[ -n "$np" ] || np=$(total_slots "$host_text")
+parse_launch_args "$@"
+set -- "${TRAIN_ARGS[@]}"
 
 write_sd "$host_text"
 nccl_env
