@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dap_hvd import DataError, DapError, dist
+from dap_hvd import ConfigError, DataError, DapError, dist
 from dap_hvd.catalog import Catalog, load_catalog
 from dap_hvd.checkpoint import load_latest, save_checkpoint
 from dap_hvd.config import TrainConfig
@@ -96,11 +96,14 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
     # ---- model, recipe (Bag of Tricks), Horovod optimizer
     model = build_model(cfg.model_name, train_cat.num_classes, zero_gamma=cfg.optim.zero_gamma)
     if cfg.optim.sync_bn:
+        if device.type != "cuda":
+            raise ConfigError(f"--sync-bn: Horovod's SyncBatchNorm runs on GPUs only, and rank {world.rank} has none")
         model = dist.sync_batchnorm(model)
     precision = _precision(cfg, device)
+    # channels_last applies to the input batches only (engine.Precision.to_device): Horovod
+    # rejects non-contiguous tensors in broadcast and allreduce (horovod#3491), so parameters and
+    # gradients stay NCHW-contiguous; a channels_last input still makes PyTorch pick NHWC kernels.
     model = model.to(device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     global_batch = cfg.data.batch_size * world.size
     base_lr = cfg.base_lr(global_batch)  # linear scaling with the global batch
     optimizer = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay, cfg.optim.no_bias_decay),
@@ -208,7 +211,8 @@ def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_ca
     state.wall_seconds += seconds
     record = dict(epoch=epoch, samples=samples, subset=int(len(selection)), padding=shard.num_padding * world.size,
                   selection_digest=selection_digest(selection), train_loss=loss_sum / loss_count,
-                  lr=stats.last_lr, top1=top1, top5=top5, seconds=seconds, data_wait_seconds=stats.data_seconds,
+                  lr=stats.last_lr, top1=top1, top5=top5, seconds=seconds, train_seconds=stats.seconds,
+                  data_wait_seconds=stats.data_seconds,
                   after=decision.action, selection_seconds=sel_seconds)
     state.history.append(record)
 
