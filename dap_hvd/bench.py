@@ -188,8 +188,8 @@ def render(raw: dict) -> dict:
     m = raw.get("machine")
     if m:
         sec["machine"] = (f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}. Python {m['python']}, "
-                          f"torch {m['torch']}, DALI {m['dali']}, Horovod {m['horovod']}. Run {m['date']}, "
-                          f"command `{raw.get('command', 'dap-hvd bench')}`.")
+                          f"torch {m['torch']}, DALI {m['dali']}, Horovod {m['horovod']}. Each section names the run that "
+                          f"measured it.")
     o = raw.get("overhead")
     if o:
         sec["overhead"] = (
@@ -265,6 +265,10 @@ def render(raw: dict) -> dict:
             f"| torchvision DataLoader | {ld['torch']:.0f} | {', '.join(f'{x:.0f}' for x in ld['torch_runs'])} |\n\n"
             f"DALI/torchvision: **{ld['dali_cpu'] / ld['torch']:.2f}x**. GPU decode (nvJPEG) was not measured: "
             "no GPU was available to this run.")
+    for name, st in raw.get("stamps", {}).items():
+        for key in ((name,) if name != "accuracy" else ("accuracy", "saving")):
+            if key in sec:
+                sec[key] += f"\n\n_Measured {st['date']} by `{st['command']}`._"
     return sec
 
 
@@ -325,8 +329,13 @@ def main(argv=None) -> int:
     only = set(a.only.split(","))
     results = Path(a.results)
     raw = json.loads(results.read_text()) if results.exists() else {}
+    stamps = raw.setdefault("stamps", {})
+    for name in SECTIONS:  # sections measured by an earlier run keep that run's stamp
+        if name in raw and name not in stamps and "machine" in raw:
+            stamps[name] = dict(date=raw["machine"]["date"], command=raw.get("command", "dap-hvd bench"))
     raw["machine"] = machine()
-    raw["command"] = "dap-hvd bench " + " ".join(argv or [])
+    raw["command"] = " ".join(["dap-hvd bench", *(argv or [])])
+    stamp = dict(date=raw["machine"]["date"], command=raw["command"])
     work = Path(tempfile.mkdtemp(prefix="dap-bench-"))
     os.environ.setdefault("DAP_HVD_CACHE", str(work / "cache"))
     from dap_hvd.sample_data import make_sample_data
@@ -342,24 +351,29 @@ def main(argv=None) -> int:
 
     try:
         if "overhead" in only:
+            stamps["overhead"] = stamp
             raw["overhead"] = bench_overhead(data, work, a.repeats)
             print(render(raw)["overhead"], "\n", flush=True)
             save()
         if "selection" in only:
+            stamps["selection"] = stamp
             raw["selection"] = bench_selection(a.num_samples)
             print(render(raw)["selection"], "\n", flush=True)
             save()
         if "loaders" in only:
+            stamps["loaders"] = stamp
             raw["loaders"] = bench_loaders(work, a.repeats)
             print(render(raw)["loaders"], "\n", flush=True)
             save()
         if "accuracy" in only:
+            stamps["accuracy"] = stamp
             raw["accuracy"] = bench_accuracy(data, work, a.seeds)
             plot(raw, Path(a.out).parent / "bench" / "accuracy_vs_compute.png")
             r = render(raw)
             print(r["saving"], "\n\n", r["accuracy"], "\n", flush=True)
             save()
         if "redundancy" in only:
+            stamps["redundancy"] = stamp
             raw["redundancy"] = bench_redundancy(work, a.seeds)
             print(render(raw)["redundancy"], "\n", flush=True)
             save()

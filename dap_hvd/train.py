@@ -54,7 +54,10 @@ class RunState:
 def main(cfg: TrainConfig, comm=None) -> int:
     world = dist.init(comm)
     run_dir = Path(cfg.resume or cfg.out)
+    moved = _archive_previous_run(run_dir) if world.is_root and not cfg.resume else None
     _setup_logging(world, run_dir)
+    if moved:
+        log.warning("%s held an earlier run; moved it to %s (use --resume to continue a run)", run_dir, moved)
     try:
         summary = run(cfg, world, run_dir)
         if world.is_root:
@@ -380,6 +383,19 @@ def _summary(cfg, world, state: RunState, planned: Optional[float], num_samples:
         "top1": evals[-1]["top1"] if evals else None, "top5": evals[-1]["top5"] if evals else None,
         "wall_seconds": state.wall_seconds, "host": socket.gethostname(),
     }
+
+
+def _archive_previous_run(run_dir: Path) -> Optional[Path]:
+    """A fresh run never mixes with an old one in the same directory (a stale epoch-0012.pt
+    would be what --resume picks up later); the old run is kept under a new name."""
+    if not (run_dir / "summary.json").exists() and not (run_dir / "checkpoints").exists():
+        return None
+    dest = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while dest.exists():
+        dest, n = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    os.replace(run_dir, dest)
+    return dest
 
 
 def _write_run_files(cfg: TrainConfig, run_dir: Path) -> None:

@@ -3,7 +3,7 @@
 #
 # Horovod 0.28.1 is the last release and does not build against current torch as published.
 # We fetch its sdist with pip, apply three fixes, build a wheel and cache it, keyed by
-# everything that changes the binary, so a second set-up does not rebuild (~10 min on 2 cores).
+# everything that changes the binary, so a second set-up does not rebuild.
 #
 # The three fixes:
 #  (a) horovod/torch/CMakeLists.txt pins C++14; torch >= 2.14 headers need C++20 (2.1-2.13: 17).
@@ -82,7 +82,7 @@ else
 fi
 export MAKEFLAGS="-j${MAX_JOBS:-$(nproc)}"
 
-echo "build_horovod: building $key (C++$cxx_std); this takes ~10 min on 2 cores" >&2
+echo "build_horovod: building $key (C++$cxx_std); this takes minutes" >&2
 mkdir -p "$work/dist"
 "$PYTHON" -m pip wheel -v --no-deps --no-build-isolation -w "$work/dist" "$src" > "$work/build.log" 2>&1 || {
   tail -n 60 "$work/build.log" >&2

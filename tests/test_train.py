@@ -168,3 +168,12 @@ def test_sync_bn_without_gpu_is_a_clear_error(tiny_data, tmp_path):
     p = run([DAP_HVD, "train", "--data", tiny_data, "--out", tmp_path / "s", "--sync-bn", "--epochs", "1",
              "--reuse", "1"], timeout=120, check=False)
     assert p.returncode == 2 and "--sync-bn" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_fresh_run_moves_an_earlier_one_aside(tiny_data, tmp_path):
+    out = tmp_path / "again"
+    for _ in range(2):
+        train(tiny_data, out, "--epochs", "1", "--reuse", "1", np_=1)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("again.")]
+    assert len(kept) == 1 and (kept[0] / "summary.json").exists()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001.pt"]
