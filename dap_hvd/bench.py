@@ -350,32 +350,26 @@ def main(argv=None) -> int:
         write_markdown(Path(a.out), render(raw))
 
     try:
-        if "overhead" in only:
-            stamps["overhead"] = stamp
-            raw["overhead"] = bench_overhead(data, work, a.repeats)
-            print(render(raw)["overhead"], "\n", flush=True)
-            save()
-        if "selection" in only:
-            stamps["selection"] = stamp
-            raw["selection"] = bench_selection(a.num_samples)
-            print(render(raw)["selection"], "\n", flush=True)
-            save()
-        if "loaders" in only:
-            stamps["loaders"] = stamp
-            raw["loaders"] = bench_loaders(work, a.repeats)
-            print(render(raw)["loaders"], "\n", flush=True)
-            save()
-        if "accuracy" in only:
-            stamps["accuracy"] = stamp
-            raw["accuracy"] = bench_accuracy(data, work, a.seeds)
-            plot(raw, Path(a.out).parent / "bench" / "accuracy_vs_compute.png")
-            r = render(raw)
-            print(r["saving"], "\n\n", r["accuracy"], "\n", flush=True)
-            save()
-        if "redundancy" in only:
-            stamps["redundancy"] = stamp
-            raw["redundancy"] = bench_redundancy(work, a.seeds)
-            print(render(raw)["redundancy"], "\n", flush=True)
+        jobs = {
+            "overhead": lambda: bench_overhead(data, work, a.repeats),
+            "selection": lambda: bench_selection(a.num_samples),
+            "loaders": lambda: bench_loaders(work, a.repeats),
+            "accuracy": lambda: bench_accuracy(data, work, a.seeds),  # also feeds (b) saving
+            "redundancy": lambda: bench_redundancy(work, a.seeds),
+        }
+        unknown = only - set(jobs)
+        if unknown:
+            raise SystemExit(f"dap-hvd bench: --only: unknown section(s) {sorted(unknown)}; choose from {list(jobs)}")
+        for name, job in jobs.items():
+            if name not in only:
+                continue
+            stamps[name] = stamp
+            raw[name] = job()
+            if name == "accuracy":
+                plot(raw, Path(a.out).parent / "bench" / "accuracy_vs_compute.png")
+            shown = render(raw)
+            print(*(shown[k] for k in (("saving", "accuracy") if name == "accuracy" else (name,))), sep="\n\n")
+            print(flush=True)
             save()
     finally:
         shutil.rmtree(work, ignore_errors=True)

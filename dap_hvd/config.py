@@ -199,12 +199,13 @@ def _coerce(section: Optional[str], key: str, value: Any, annotation: str) -> An
     return value
 
 
-def _build(cls, section: Optional[str], values: dict) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+def _build(cls, section: Optional[str], values: dict, **given) -> Any:
+    """cls(**values) with each value coerced to its field's type; `given` are built already."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in given}
+    kwargs = dict(given)
     for key, value in values.items():
         if key not in fields:
-            known = ", ".join(sorted(k for k in fields if k != "schedule"))
+            known = ", ".join(sorted(fields))
             raise ConfigError(f"unknown config key {(section + '.' if section else '') + key!r}; known keys: {known}")
         kwargs[key] = _coerce(section, key, value, str(fields[key].type))
         choices = _CHOICES.get((section, key))
@@ -247,8 +248,7 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
     data = _build(DataConfig, "data", tree["data"])
     optim = _build(OptimConfig, "optim", tree["optim"])
     schedule = _schedule(sched, default_preset="sample" if data.is_sample else "imagenet")
-    top = {k: v for k, v in tree[None].items()}
-    cfg = dataclasses.replace(_build(_TopLevel, None, top).as_train(schedule), data=data, optim=optim)
+    cfg = _build(TrainConfig, None, tree[None], schedule=schedule, data=data, optim=optim)
     _validate(cfg)
     return cfg
 
@@ -279,29 +279,6 @@ def _schedule(values: dict, default_preset: str) -> Schedule:
             value = _coerce("schedule", key, value, "int")
         params[key] = value
     return Schedule(**params)
-
-
-@dataclass(frozen=True)
-class _TopLevel:
-    strategy: str = "dap"
-    model: Optional[str] = None
-    seed: int = 0
-    out: str = "runs/dap"
-    resume: Optional[str] = None
-    eval_every: int = 1
-    keep_checkpoints: int = 2
-    merge: str = "allreduce"
-    metrics_port: int = 0
-    metrics_host: str = "0.0.0.0"
-    metrics_linger: float = 0.0
-    pushgateway: Optional[str] = None
-    run_id: Optional[str] = None
-    progress: bool = True
-    max_steps_per_epoch: Optional[int] = None
-    stop_after: Optional[int] = None
-
-    def as_train(self, schedule: Schedule) -> TrainConfig:
-        return TrainConfig(schedule=schedule, **dataclasses.asdict(self))
 
 
 def _validate(cfg: TrainConfig) -> None:
