@@ -70,6 +70,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--val-resize", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--on-bad-sample", help="error (default) | skip")
+    p.add_argument("--min-crop-area", type=float, help="RandomResizedCrop area floor (default 0.08; 0.25 on sample data)")
     p.add_argument("--color-jitter", type=float)
     p.add_argument("--pca-lighting", type=float)
     p.add_argument("--momentum", type=float)

@@ -41,6 +41,7 @@ class DataConfig:
     batch_size: int = 64  # per rank
     workers: int = 2  # decode threads (DALI) / worker processes (torch) per rank
     on_bad_sample: str = "error"  # error | skip
+    min_crop_area: Optional[float] = None  # RandomResizedCrop area floor; None: 0.08, or 0.25 on sample data
     color_jitter: float = 0.0  # brightness/contrast/saturation strength (Bag of Tricks 2.1)
     pca_lighting: float = 0.0  # AlexNet-style PCA noise std (Bag of Tricks uses 0.1)
 
@@ -99,6 +100,13 @@ class TrainConfig:
     @property
     def image_size(self) -> int:
         return self.data.image_size or (32 if self.data.is_sample else 224)
+
+    @property
+    def min_crop_area(self) -> float:
+        # 8% of a 64-px sample image is a sliver that rarely shows the shape at all.
+        if self.data.min_crop_area is not None:
+            return self.data.min_crop_area
+        return 0.25 if self.data.is_sample else 0.08
 
     @property
     def val_resize(self) -> int:
@@ -288,6 +296,8 @@ def _validate(cfg: TrainConfig) -> None:
     _check(d.image_size is None or d.image_size >= 8, "data", "image_size", f"must be >= 8, got {d.image_size}")
     _check(d.val_resize is None or d.val_resize >= cfg.image_size, "data", "val_resize",
            f"must be >= the crop size {cfg.image_size}, got {d.val_resize}")
+    _check(d.min_crop_area is None or 0 < d.min_crop_area <= 1, "data", "min_crop_area",
+           f"must be in (0, 1], got {d.min_crop_area}")
     _check(0 <= d.color_jitter <= 1, "data", "color_jitter", f"must be in [0, 1], got {d.color_jitter}")
     _check(d.pca_lighting >= 0, "data", "pca_lighting", f"must be >= 0, got {d.pca_lighting}")
     if d.root is not None:

@@ -292,7 +292,7 @@ def _spec(cfg, cat: Catalog, indices, tags, train: bool, seed: int, device, worl
     dali_gpu = device.type == "cuda" and cfg.data.dali_device in ("auto", "gpu")
     return LoaderSpec(files=cat.files(indices), tags=tags, batch_size=cfg.data.batch_size, image_size=cfg.image_size,
                       train=train, seed=seed, workers=cfg.data.workers, val_resize=cfg.val_resize,
-                      min_area=0.25 if cfg.data.is_sample else 0.08, color_jitter=cfg.data.color_jitter,
+                      min_area=cfg.min_crop_area, color_jitter=cfg.data.color_jitter,
                       pca_lighting=cfg.data.pca_lighting, device="gpu" if dali_gpu else "cpu",
                       device_id=world.local_rank if dali_gpu else None)
 
