@@ -29,6 +29,7 @@ def test_sample_defaults_and_lr_steps_follow_reuse():
     ({"batch_size": 0}, "--batch-size"), ({"loader": "pil"}, "--loader"), ({"lr": -1}, "--lr"),
     ({"strategy": "best"}, "--strategy"), ({"keep": 0}, "--keep"), ({"reuse": "500"}, "--reuse"),
     ({"label_smoothing": 1.0}, "--label-smoothing"), ({"data.root": "/nonexistent/x"}, "--data"),
+    ({"min_crop_area": 0}, "--min-crop-area"), ({"stop_after": 99}, "--stop-after"),
 ])
 def test_bad_values_name_the_flag(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
