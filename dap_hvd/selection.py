@@ -24,9 +24,6 @@ class Selection:
     # pruning with rescaling). None means weight 1 for everything.
     weights: Optional[np.ndarray] = None
 
-    def digest(self) -> str:
-        return selection_digest(self.indices)
-
 
 def selection_digest(indices: np.ndarray) -> str:
     """sha256 of the sorted selected global indices (as little-endian int64)."""
