@@ -75,7 +75,7 @@ class TrainConfig:
     schedule: Schedule
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    strategy: str = "dap"  # dap | random | full
+    strategy: str = "dap"  # a name in selection.STRATEGIES: dap | random | full
     model: Optional[str] = None  # None: resnet50, or resnet_small on the sample data
     seed: int = 0
     out: str = "runs/dap"
@@ -149,7 +149,6 @@ _CHOICES = {
     ("optim", "lr_schedule"): ("step", "cosine"),
     ("optim", "amp"): ("auto", "off", "bf16", "fp16"),
     ("optim", "channels_last"): ("auto", "on", "off"),
-    (None, "strategy"): ("dap", "random", "full"),
     (None, "model"): MODELS,
     (None, "merge"): ("allreduce", "allgather"),
 }
@@ -291,6 +290,9 @@ def _schedule(values: dict, default_preset: str) -> Schedule:
 
 def _validate(cfg: TrainConfig) -> None:
     d, o = cfg.data, cfg.optim
+    from dap_hvd.selection import get_strategy  # the registry is the one list of names
+
+    get_strategy(cfg.strategy)
     _check(d.batch_size >= 1, "data", "batch_size", f"must be >= 1, got {d.batch_size}")
     _check(d.workers >= 1, "data", "workers", f"must be >= 1, got {d.workers}")
     _check(d.image_size is None or d.image_size >= 8, "data", "image_size", f"must be >= 8, got {d.image_size}")

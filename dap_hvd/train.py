@@ -194,8 +194,13 @@ def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_ca
                                        world_size=world.size)
             check_finite(selection, merged.losses, epoch)  # every rank holds the losses: all stop together
             losses, sel_bytes = merged.losses, merged.bytes_sent
-        chosen = strategy.select(selection, losses, keep_count(len(selection), cfg.schedule.keep),
-                                 seed=cfg.seed, epoch=epoch).indices if world.is_root else None
+        chosen = None
+        if world.is_root:
+            picked = strategy.select(selection, losses, keep_count(len(selection), cfg.schedule.keep),
+                                     seed=cfg.seed, epoch=epoch)
+            if picked.weights is not None:  # soft pruning (InfoBatch-style) needs the weights broadcast too
+                raise ConfigError(f"--strategy {strategy.name}: per-sample weights are not supported by the trainer yet")
+            chosen = picked.indices
         state.selection = dist.broadcast_indices(chosen, name=f"select.{epoch}")
         sel_bytes += 8 * len(state.selection) * (world.size - 1) if world.is_root else 0
     sel_seconds = time.perf_counter() - t_sel
