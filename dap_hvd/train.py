@@ -49,6 +49,7 @@ class RunState:
     samples_trained: int = 0
     wall_seconds: float = 0.0
     run_id: str = ""
+    planned_compute: float = 1.0  # the plan's compute ratio for this strategy and dataset
 
 
 def main(cfg: TrainConfig, comm=None) -> int:
@@ -126,6 +127,7 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
 
     # ---- resume (rank 0 reads, everyone receives), then one broadcast of the training state
     state = _resume(cfg, world, run_dir, model, optimizer, scaler, universe)
+    state.planned_compute = the_plan.compute_ratio
     dist.broadcast_training_state(model, optimizer)
     if world.is_root:
         _write_run_files(cfg, run_dir)
@@ -148,7 +150,7 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
             time.sleep(cfg.metrics_linger)  # let Prometheus take a last scrape of the final values
     finally:
         metrics.close()
-    summary = _summary(cfg, world, state, the_plan.compute_ratio, len(universe), len(excluded))
+    summary = _summary(cfg, world, state, len(universe), len(excluded))
     if world.is_root:
         _write_json(run_dir / "summary.json", summary)
     return summary
@@ -217,7 +219,8 @@ def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_ca
     state.samples_trained += samples
     seconds = time.perf_counter() - t0
     state.wall_seconds += seconds
-    record = dict(epoch=epoch, samples=samples, subset=int(len(selection)), padding=shard.num_padding * world.size,
+    padding = len(shard.indices) * world.size - len(selection)  # wrap-around duplicates, all ranks
+    record = dict(epoch=epoch, samples=samples, subset=int(len(selection)), padding=padding,
                   selection_digest=selection_digest(selection), train_loss=loss_sum / loss_count,
                   lr=stats.last_lr, top1=top1, top5=top5, seconds=seconds, train_seconds=stats.seconds,
                   data_wait_seconds=stats.data_seconds,
@@ -242,7 +245,7 @@ def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_ca
     if world.is_root:
         log.info("epoch %d/%d: %d samples (%.1f%% of data)%s, loss %.4f, lr %.4g%s, %.1fs; next: %s",
                  epoch, cfg.schedule.epochs, samples, 100 * len(selection) / len(universe),
-                 "" if not shard.num_padding else f" +{shard.num_padding * world.size} pad",
+                 "" if not padding else f" +{padding} pad",
                  record["train_loss"], stats.last_lr,
                  "" if top1 is None else f", top1 {top1:.4f} top5 {top5:.4f}", seconds,
                  {DROP: f"drop to {len(state.selection)}", PICK: "pick all data"}.get(decision.action, "same subset"))
@@ -250,7 +253,7 @@ def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_ca
         save_checkpoint(run_dir, epoch, _checkpoint_payload(cfg, state, model, optimizer, scaler, excluded, len(universe)),
                         cfg.keep_checkpoints)
         metrics.checkpoint_seconds.observe(time.perf_counter() - t_ck)
-        _write_json(run_dir / "summary.json", _summary(cfg, world, state, None, len(universe), len(excluded)))
+        _write_json(run_dir / "summary.json", _summary(cfg, world, state, len(universe), len(excluded)))
     metrics.push()
 
 
@@ -307,8 +310,9 @@ def _bad_samples(cfg, world, cat: Catalog) -> np.ndarray:
     from dap_hvd.verify import find_bad
 
     mine = np.arange(world.rank, len(cat), world.size, dtype=np.int64)
-    bad_paths = {p for p, _ in find_bad(cat.files(mine), workers=cfg.data.workers)}
-    bad = np.array([i for i, p in zip(mine, cat.files(mine)) if p in bad_paths], dtype=np.int64)
+    files = cat.files(mine)
+    bad_paths = {p for p, _ in find_bad(files, workers=cfg.data.workers)}
+    bad = np.array([i for i, p in zip(mine, files) if p in bad_paths], dtype=np.int64)
     for i in bad:
         log.warning("rank %d: skipping bad sample %s", world.rank, cat.files([i])[0])
     return np.sort(dist.allgather(torch.from_numpy(bad), name="bad_samples").numpy())
@@ -343,7 +347,7 @@ def _resume(cfg, world, run_dir, model, optimizer, scaler, universe) -> RunState
         torch.set_rng_state(ckpt["torch_rng"])
         meta = json.loads(ckpt["state"])
         meta["selection"] = ckpt["selection"].numpy()
-        if meta["excluded"] != int(len(ckpt["excluded"])) or len(universe) != meta["num_samples"]:
+        if len(universe) != meta["num_samples"]:
             raise DapError(f"--resume: the dataset changed since {run_dir} was written "
                            f"({meta['num_samples']} usable samples then, {len(universe)} now)")
     # Ranks other than 0 learn the resume point from rank 0 (Horovod's ImageNet example pattern).
@@ -375,14 +379,13 @@ def _checkpoint_payload(cfg, state: RunState, model, optimizer, scaler, excluded
             "torch_rng": torch.get_rng_state(), "state": json.dumps(meta)}
 
 
-def _summary(cfg, world, state: RunState, planned: Optional[float], num_samples: int, skipped: int) -> dict:
-    sched = cfg.schedule if cfg.strategy != "full" else replace(cfg.schedule, keep=1.0)
+def _summary(cfg, world, state: RunState, num_samples: int, skipped: int) -> dict:
     evals = [h for h in state.history if h["top1"] is not None]
     return {
         "strategy": cfg.strategy, "model": cfg.model_name, "run_id": state.run_id, "world_size": world.size,
         "global_batch": cfg.data.batch_size * world.size, "num_samples": num_samples, "skipped_bad_samples": skipped,
         "schedule": cfg.schedule.to_dict(),
-        "compute_ratio_planned": planned if planned is not None else plan(sched, num_samples).compute_ratio,
+        "compute_ratio_planned": state.planned_compute,
         "compute_ratio_measured": state.samples_trained / (num_samples * cfg.schedule.epochs),
         "samples_trained": state.samples_trained, "epochs_completed": state.epoch, "epochs": state.history,
         "top1": evals[-1]["top1"] if evals else None, "top5": evals[-1]["top5"] if evals else None,

@@ -39,7 +39,7 @@ run_or_print() {
   fi
 }
 
-parse_launch_args() {  # sets hosts, hostfile, np, controller, host_text; leaves train flags in TRAIN_ARGS
+prepare_launch() {  # parse args, write the scrape targets, set NCCL/Gloo env; train flags -> TRAIN_ARGS
   hosts="" hostfile="" np="" controller="--gloo"
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -55,4 +55,6 @@ parse_launch_args() {  # sets hosts, hostfile, np, controller, host_text; leaves
   [ -n "$hosts" ] || [ -n "$hostfile" ] || hosts="localhost:$(local_slots)"
   host_text=${hosts:-$(cat "$hostfile")}
   [ -n "$np" ] || np=$(total_slots "$host_text")
+  write_sd "$host_text"
+  nccl_env
 }

@@ -11,11 +11,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/common.sh"
 
-parse_launch_args "$@"
+prepare_launch "$@"
 set -- "${TRAIN_ARGS[@]}"
-
-write_sd "$host_text"
-nccl_env
 cmd=("$HOROVODRUN" "$controller" -np "$np")
 if [ -n "$hostfile" ]; then cmd+=(--hostfile "$hostfile"); else cmd+=(-H "$hosts"); fi
 [ -n "${NETWORK_INTERFACE:-}" ] && cmd+=(--network-interface "$NETWORK_INTERFACE")

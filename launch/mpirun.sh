@@ -9,11 +9,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/common.sh"
 
-parse_launch_args "$@"
+prepare_launch "$@"
 set -- "${TRAIN_ARGS[@]}"
-
-write_sd "$host_text"
-nccl_env
 cmd=(mpirun -np "$np" --bind-to "${MPI_BIND:-socket}" --map-by "${MPI_MAP:-slot}" --oversubscribe
      -mca pml ob1 -mca btl ^openib)
 [ "$(id -u)" -eq 0 ] && cmd+=(--allow-run-as-root)

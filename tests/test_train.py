@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import os
 import signal
 import subprocess
@@ -39,6 +40,7 @@ def test_two_rank_training_matches_plan(tiny_data, tmp_path, strategy):
     for e, p in zip(s["epochs"], planned.epochs):
         assert abs(e["samples"] - p.size) < gb  # within one global batch (padding only)
         assert e["subset"] == p.size
+        assert e["samples"] == e["subset"] + e["padding"] and 0 <= e["padding"] < 2  # counted exactly
     assert s["compute_ratio_planned"] == pytest.approx(planned.compute_ratio)
     assert abs(s["compute_ratio_measured"] - s["compute_ratio_planned"]) < 6 * gb / (6 * n)
     assert s["samples_trained"] == sum(e["samples"] for e in s["epochs"])
@@ -100,8 +102,8 @@ def test_bad_file_stops_training_naming_it(data_copy, tmp_path, loader):
     victim = _plant_truncated(data_copy)
     p = train(data_copy, tmp_path / "bad", "--loader", loader, "--epochs", "2", "--reuse", "2", check=False)
     assert p.returncode != 0
-    assert victim.name in p.stdout + p.stderr
-    assert "Traceback" not in p.stderr.split(victim.name)[0][-2000:] or "error on rank" in p.stderr
+    # our one-line error names the rank and the file (horovodrun adds its own launcher traceback)
+    assert re.search(rf"dap-hvd train: error on rank \d: .*{re.escape(victim.name)}", p.stderr)
 
 
 def test_skip_bad_samples_excludes_and_counts(data_copy, tmp_path):
