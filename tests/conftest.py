@@ -54,12 +54,13 @@ def mpirun(np_, args, timeout=300, env=None, check=True):
 
 
 def rank_json(stdout: str, tag: str) -> dict:
-    """Lines 'TAG {json}' printed by each rank -> {rank: payload}."""
-    out = {}
-    for line in stdout.splitlines():
-        if tag in line:
-            payload = json.loads(line.split(tag, 1)[1])
-            out[payload["rank"]] = payload
+    """Every 'TAG {json}' printed by the ranks -> {rank: payload}. Decodes each occurrence where
+    it stands: under mpirun the ranks share one pipe, so lines from two ranks can run together."""
+    out, decoder, pos = {}, json.JSONDecoder(), 0
+    while (pos := stdout.find(tag, pos)) != -1:
+        payload, end = decoder.raw_decode(stdout, pos + len(tag))
+        out[payload["rank"]] = payload
+        pos = end
     return out
 
 

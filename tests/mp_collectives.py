@@ -19,6 +19,7 @@ s = hvd.allreduce(torch.tensor([float(r + 1), 10.0 * r]), op=hvd.Sum, name="sum"
 g = hvd.allgather(torch.arange(r + 1, dtype=torch.int64) + 100 * r, name="uneven")  # length r+1
 big = torch.tensor([2**40 + r], dtype=torch.int64)  # int64 survives: floats would not
 b = hvd.broadcast(torch.tensor([7 * (r + 1)], dtype=torch.int64) + big * (r == 0), root_rank=0, name="bcast")
-print("RESULT " + json.dumps(dict(rank=r, size=n, sum=s.tolist(), gather=g.tolist(), bcast=b.tolist(),
-                                  mpi=hvd.mpi_enabled(), gloo=hvd.gloo_enabled(),
-                                  mpi4py=comm is not None and comm.Get_size() == n)), flush=True)
+sys.stdout.write("RESULT " + json.dumps(dict(rank=r, size=n, sum=s.tolist(), gather=g.tolist(), bcast=b.tolist(),
+                                             mpi=hvd.mpi_enabled(), gloo=hvd.gloo_enabled(),
+                                             mpi4py=comm is not None and comm.Get_size() == n)) + "\n")
+sys.stdout.flush()  # one write per line: ranks share mpirun's pipe

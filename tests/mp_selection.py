@@ -8,6 +8,7 @@ from the global loss vector.
 
 import argparse
 import json
+import sys
 
 import numpy as np
 import torch
@@ -53,5 +54,6 @@ try:
                    steps=shard.steps, padding=shard.num_padding, merged_equal=bool(np.array_equal(merged.losses, global_loss)))
 except DivergedError as e:
     status, payload = "diverged", dict(error=str(e))
-print("RESULT " + json.dumps(dict(rank=world.rank, status=status, **payload)), flush=True)
+sys.stdout.write("RESULT " + json.dumps(dict(rank=world.rank, status=status, **payload)) + "\n")
+sys.stdout.flush()  # one write per line: ranks can share one pipe
 dist.shutdown()
