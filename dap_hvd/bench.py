@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 BIN = Path(sys.executable).parent
-SECTIONS = ("machine", "overhead", "saving", "selection", "loaders", "accuracy", "redundancy")
+SECTIONS = ("machine", "startup", "overhead", "saving", "selection", "loaders", "accuracy", "redundancy")
 
 
 def _env() -> dict:
@@ -58,6 +58,56 @@ def machine() -> dict:
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
 
 
+# ---------------------------------------------------------------- start-up
+
+_STACK = ("numpy", "torch", "torchvision", "horovod.torch", "nvidia.dali", "prometheus_client", "dap_hvd.train")
+
+
+def _import_seconds(module: str) -> float:
+    """Wall time of a cold `import module` in a fresh interpreter, less the interpreter's start."""
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    p = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    return float(p.stdout.strip().splitlines()[-1])
+
+
+def _timed_launch(args: list, timeout: int = 600) -> dict:
+    """Seconds from launching `horovodrun -np 2 dap-hvd train ...` to its first log line, its first
+    epoch line and its 'done' line, and from 'done' to the launcher's exit."""
+    cmd = [str(BIN / "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2", *map(str, args)]
+    t0 = time.perf_counter()
+    marks = {}
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        now = time.perf_counter() - t0
+        if "[rank 0] INFO" in line:
+            marks.setdefault("first_log", now)
+        if "INFO epoch 1/" in line:
+            marks.setdefault("first_epoch", now)
+        if "INFO done:" in line:
+            marks.setdefault("done", now)
+    rc = proc.wait(timeout=timeout)
+    marks["exit"] = time.perf_counter() - t0
+    if rc != 0 or len(marks) != 4:
+        raise RuntimeError(f"start-up benchmark run failed (rc {rc}, saw {sorted(marks)}): {' '.join(cmd)}")
+    return marks
+
+
+def bench_startup(data: Path, work: Path, repeats: int) -> dict:
+    plan_runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([str(BIN / "dap-hvd"), "plan", "--preset", "imagenet"], env=_env(), capture_output=True,
+                       check=True, timeout=60)
+        plan_runs.append(time.perf_counter() - t)
+    imports = {m: statistics.median(_import_seconds(m) for _ in range(repeats)) for m in _STACK}
+    launches = [_timed_launch([BIN / "dap-hvd", "train", "--data", data, "--out", work / f"startup-{r}",
+                               "--no-progress", "--workers", "1", "--epochs", "1", "--reuse", "none",
+                               "--lr-steps", "none"]) for r in range(repeats)]
+    med = {k: statistics.median(m[k] for m in launches) for k in launches[0]}
+    return dict(repeats=repeats, plan_seconds=statistics.median(plan_runs), imports=imports, launch=med,
+                launches=launches)
+
+
 # ---------------------------------------------------------------- (a) overhead, (b) saving
 
 def bench_overhead(data: Path, work: Path, repeats: int) -> dict:
@@ -65,7 +115,8 @@ def bench_overhead(data: Path, work: Path, repeats: int) -> dict:
     all run, and keep everything), against `full` (no bookkeeping). Pipelines are rebuilt every
     epoch in both (the permutation changes), so the switch cost is in both; the selection step's
     own time is reported separately."""
-    sched = ["--epochs", "4", "--warmup", "0", "--interval", "1", "--keep", "1.0", "--reuse", "4", "--eval-every", "100"]
+    sched = ["--epochs", "4", "--warmup", "0", "--interval", "1", "--keep", "1.0", "--reuse", "4", "--lr-steps", "none",
+             "--eval-every", "100"]
     rows = {"dap": [], "full": []}
     sel = []
     for r in range(repeats):
@@ -128,7 +179,8 @@ SCHED = dict(epochs=12, warmup=3, interval=1, keep=0.8, reuse=(8,))
 def _sched_args(epochs=None, reuse=None) -> list:
     s = SCHED
     return ["--epochs", epochs or s["epochs"], "--warmup", s["warmup"], "--interval", s["interval"], "--keep", s["keep"],
-            "--reuse", ",".join(map(str, reuse or s["reuse"])), "--lr-warmup-epochs", "1", "--eval-every", "4"]
+            "--reuse", ",".join(map(str, reuse or s["reuse"])), "--lr-steps", ",".join(map(str, reuse or s["reuse"])),
+            "--lr-warmup-epochs", "1", "--eval-every", "4"]
 
 
 def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
@@ -190,6 +242,20 @@ def render(raw: dict) -> dict:
         sec["machine"] = (f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}. Python {m['python']}, "
                           f"torch {m['torch']}, DALI {m['dali']}, Horovod {m['horovod']}. Each section names the run that "
                           f"measured it.")
+    st = raw.get("startup")
+    if st:
+        la = st["launch"]
+        rows = "".join(f"| `import {m}` | {v:.2f} |\n" for m, v in st["imports"].items())
+        sec["startup"] = (
+            f"`horovodrun --gloo -np 2 dap-hvd train --epochs 1` on the sample data, from launch, median of "
+            f"{st['repeats']} runs; each rank's imports run side by side on this machine's 2 cores.\n\n"
+            "| milestone | seconds after launch |\n|---|---|\n"
+            f"| first log line | {la['first_log']:.1f} |\n| epoch 1 done | {la['first_epoch']:.1f} |\n"
+            f"| `done` | {la['done']:.1f} |\n| launcher exits | {la['exit']:.1f} ({la['exit'] - la['done']:.1f} after "
+            f"`done`) |\n\n"
+            "Cold imports in a fresh interpreter, one process, median (each line includes what it imports):\n\n"
+            "| import | seconds |\n|---|---|\n" + rows +
+            f"\n`dap-hvd plan` answers in {st['plan_seconds']:.2f} s (no torch import).")
     o = raw.get("overhead")
     if o:
         sec["overhead"] = (
@@ -278,7 +344,7 @@ Written by `dap-hvd bench` (each section between its markers is replaced by the 
 it; raw figures in `bench/results.json`). Nothing here is typed by hand.
 """
 
-TITLES = {"machine": "Machine and versions", "overhead": "(a) DaP overhead", "saving": "(b) End-to-end saving",
+TITLES = {"machine": "Machine and versions", "startup": "Start-up time", "overhead": "(a) DaP overhead", "saving": "(b) End-to-end saving",
           "selection": "(c) Selection step at ImageNet scale", "loaders": "(c) Loader throughput",
           "accuracy": "(d) Accuracy at matched compute (Table 2(f))", "redundancy": "(d) Redundancy sweep (Table 4)"}
 
@@ -318,8 +384,9 @@ def plot(raw: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="dap-hvd bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=",".join(("overhead", "selection", "loaders", "accuracy", "redundancy")),
-                    help="comma list of: overhead, selection, loaders, accuracy (includes saving), redundancy")
+    ap.add_argument("--only", default=",".join(("startup", "overhead", "selection", "loaders", "accuracy",
+                                                "redundancy")),
+                    help="comma list of: startup, overhead, selection, loaders, accuracy (includes saving), redundancy")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--num-samples", type=int, default=1_281_167)
@@ -351,6 +418,7 @@ def main(argv=None) -> int:
 
     try:
         jobs = {
+            "startup": lambda: bench_startup(data, work, a.repeats),
             "overhead": lambda: bench_overhead(data, work, a.repeats),
             "selection": lambda: bench_selection(a.num_samples),
             "loaders": lambda: bench_loaders(work, a.repeats),

@@ -44,6 +44,40 @@ class Catalog:
         root = str(self.root)
         return [os.path.join(root, self.paths[i]) for i in indices]
 
+    def labelled_by(self, classes: tuple[str, ...], source: str) -> "Catalog":
+        """This (validation) catalog with its labels mapped to the training `classes` by name,
+        not by folder position: a val split that lacks one class must not shift every later class
+        onto the wrong label. A class that training lacks cannot be scored, and is an error."""
+        unknown = [c for c in self.classes if c not in classes]
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+            raise DataError(f"{self.root}: class(es) {shown} are not among the training classes of {source}")
+        index = {c: i for i, c in enumerate(classes)}
+        mapping = np.array([index[c] for c in self.classes], dtype=np.int64)
+        return Catalog(self.root, self.paths, mapping[self.labels], tuple(classes))
+
+    def digest(self, excluded: Optional[np.ndarray] = None) -> str:
+        """sha256 of what a run trains on: relative paths, labels and the excluded indices. Every
+        rank (and a resumed run) must see the same one, or global indices mean different images."""
+        h = hashlib.sha256()
+        h.update("\n".join(self.paths).encode())
+        h.update(np.asarray(self.labels, dtype="<i8").tobytes())
+        h.update(np.asarray(excluded if excluded is not None else [], dtype="<i8").tobytes())
+        return h.hexdigest()
+
+
+def first_difference(mine: tuple[str, ...], theirs: tuple[str, ...]) -> str:
+    """Where two path lists part ways, in words (for a dataset mismatch between ranks)."""
+    for i, (a, b) in enumerate(zip(mine, theirs)):
+        if a != b:
+            return f"sample {i} is {a!r} here and {b!r} on rank 0"
+    if len(mine) != len(theirs):
+        i = min(len(mine), len(theirs))
+        extra = mine[i] if len(mine) > i else theirs[i]
+        return (f"{len(mine)} samples here and {len(theirs)} on rank 0; the first unmatched one is {extra!r} "
+                f"({'only here' if len(mine) > i else 'only on rank 0'})")
+    return "the same paths, but different labels or excluded samples"
+
 
 def _cache_dir() -> Path:
     base = os.environ.get("DAP_HVD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dap-hvd")
@@ -61,7 +95,7 @@ def load_catalog(root: str | Path, split: str, file_list: Optional[str] = None,
         raise DataError(f"{split_dir}: no '{split}' folder; expected the ImageNet layout "
                         f"{root}/{split}/<class>/<image> or a file list")
     manifest = _cache_dir() / (hashlib.sha256(str(split_dir).encode()).hexdigest()[:24] + ".json")
-    class_dirs = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    class_dirs = sorted(e.name for e in _scan(split_dir) if _is(e, "dir") and not e.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{split_dir}: has no class folders")
     stamps = {c: os.stat(split_dir / c).st_mtime_ns for c in class_dirs}
@@ -72,8 +106,8 @@ def load_catalog(root: str | Path, split: str, file_list: Optional[str] = None,
                            tuple(cached["classes"]))
     paths, labels = [], []
     for label, cls in enumerate(class_dirs):
-        names = sorted(e.name for e in os.scandir(split_dir / cls)
-                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        names = sorted(e.name for e in _scan(split_dir / cls)
+                       if e.name.lower().endswith(IMAGE_EXTENSIONS) and _is(e, "file"))
         paths.extend(f"{cls}/{n}" for n in names)
         labels.extend([label] * len(names))
     if not paths:
@@ -82,6 +116,22 @@ def load_catalog(root: str | Path, split: str, file_list: Optional[str] = None,
         _write_manifest(manifest, dict(version=MANIFEST_VERSION, split_dir=str(split_dir), stamps=stamps,
                                        classes=class_dirs, paths=paths, labels=labels))
     return Catalog(split_dir, tuple(paths), np.asarray(labels, dtype=np.int64), tuple(class_dirs))
+
+
+def _scan(folder: Path) -> list:
+    try:
+        return list(os.scandir(folder))
+    except OSError as e:
+        raise DataError(f"{folder}: cannot list it ({e.strerror or e}); run `dap-hvd verify-data`") from None
+
+
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """entry.is_dir()/is_file(), with a link that cannot be followed (a loop) named, not a traceback."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError as e:
+        raise DataError(f"{entry.path}: cannot be read ({e.strerror or e}; a symlink loop?); remove it, "
+                        f"or run `dap-hvd verify-data` to list every such problem") from None
 
 
 def parse_file_list(root: Path, file_list: Path) -> tuple[list[str], list[int], list[str]]:

@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes (temp file + rename), the last K kept, and safe loading
 (torch.load(weights_only=True): tensors, numbers, strings and containers, never arbitrary
-objects)."""
+objects). A newest checkpoint that cannot be read (a node died mid-copy, a full disk) falls back
+to the one before it, with a warning."""
 
 from __future__ import annotations
 
@@ -15,6 +16,19 @@ import torch
 from dap_hvd import DapError
 
 _NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
+_TMP = re.compile(r"^\.epoch-.*\.tmp$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: Path) -> None:
+    """mkstemp creates files 0600; give them the mode any other file of the user would get, so
+    a team can share a run folder."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -31,6 +45,7 @@ def save_checkpoint(run_dir: Path, epoch: int, payload: dict, keep: int) -> Path
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        publish_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,11 +63,28 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest(run_dir: Path) -> Optional[dict]:
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Temp files a killed save left behind (only the writer, rank 0, calls this)."""
+    d = checkpoint_dir(run_dir)
+    stale = [p for p in d.iterdir() if _TMP.match(p.name)] if d.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def load_latest(run_dir: Path, warn=None) -> Optional[dict]:
+    """The newest readable checkpoint; `warn(message)` hears about each one skipped."""
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         return None
-    try:
-        return torch.load(ckpts[-1], map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DapError(f"--resume: cannot load checkpoint {ckpts[-1]}: {e}") from None
+    problems = []
+    for path in reversed(ckpts):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt, or not ours: try the one before
+            problems.append(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            if warn is not None:
+                warn(f"--resume: cannot load {path} ({problems[-1].split(': ', 1)[1]}); trying the one before it")
+            continue
+        return ckpt
+    raise DapError("--resume: no readable checkpoint: " + "; ".join(problems))

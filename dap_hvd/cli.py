@@ -1,4 +1,4 @@
-"""`dap-hvd`: plan | train | make-sample-data | verify-data | bench.
+"""`dap-hvd`: plan | train | evaluate | export | make-sample-data | verify-data | sd-file | bench.
 
 Imports stay lazy so `dap-hvd plan` answers in well under a second, without torch.
 """
@@ -22,7 +22,7 @@ def _schedule_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--interval", type=int, help="I: epochs between drops")
     g.add_argument("--keep", type=float, help="p: fraction of the current subset kept at a drop")
     g.add_argument("--active", help="alpha: epochs of a cycle in which drops happen (none = unlimited)")
-    g.add_argument("--reuse", help="R: comma list of epochs after which all data comes back")
+    g.add_argument("--reuse", help="R: comma list of epochs after which all data comes back (none: never)")
 
 
 def _schedule_overrides(a: argparse.Namespace) -> dict:
@@ -31,9 +31,22 @@ def _schedule_overrides(a: argparse.Namespace) -> dict:
 
 def cmd_plan(a: argparse.Namespace) -> int:
     from dap_hvd.config import _schedule  # the same resolution `train` uses
-    from dap_hvd.schedule import plan
+    from dap_hvd.schedule import PRESET_LR_STEPS, PRESETS, plan
 
-    values = {k: v for k, v in _schedule_overrides(a).items() if v is not None}
+    if a.list_presets:
+        for name, p in PRESETS.items():
+            print(f"{name:<9} E={p['epochs']} W={p['warmup']} I={p['interval']} p={p['keep']} "
+                  f"alpha={p['active'] or 'unlimited'} R={','.join(map(str, p['reuse'])) or '-'} "
+                  f"LR x0.1 after {','.join(map(str, PRESET_LR_STEPS[name]))}")
+        return 0
+    values = {}
+    if a.config:  # the schedule section of a training config, flags beside it override it
+        from dap_hvd.config import _read_yaml
+
+        values = _read_yaml(a.config).get("schedule") or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config: {a.config}: 'schedule' must be a mapping")
+    values.update({k: v for k, v in _schedule_overrides(a).items() if v is not None})
     p = plan(_schedule(values, default_preset="imagenet"), num_samples=a.num_samples)
     if a.json:
         print(json.dumps(p.to_dict(), indent=1))
@@ -54,51 +67,60 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file (sections: schedule, data, optim; CLI flags override it)")
     _schedule_flags(p)
     B = argparse.BooleanOptionalAction
-    p.add_argument("--strategy", help="dap | random | full")
-    p.add_argument("--model", help="resnet18..152, densenet121/169, mobilenet_v2, mobilenet_v1, resnet_small")
-    p.add_argument("--data", dest="root", help="ImageNet-layout root (default: the embedded sample dataset)")
-    p.add_argument("--train-list", help="'path label' file list for training, paths relative to --data")
-    p.add_argument("--val-list", help="'path label' file list for validation")
-    p.add_argument("--out", help="run directory (default runs/dap)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", help="RUN_DIR: continue from its last checkpoint (a larger --epochs extends it)")
-    p.add_argument("--batch-size", type=int, help="per rank")
-    p.add_argument("--lr", type=float, help="base LR (default 0.1 x global batch / 256)")
-    p.add_argument("--loader", help="dali | torch")
-    p.add_argument("--dali-device", help="auto | cpu | gpu")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--val-resize", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--on-bad-sample", help="error (default) | skip")
-    p.add_argument("--min-crop-area", type=float, help="RandomResizedCrop area floor (default 0.08; 0.25 on sample data)")
-    p.add_argument("--color-jitter", type=float)
-    p.add_argument("--pca-lighting", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--nesterov", action=B, default=None)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--no-bias-decay", action=B, default=None)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--lr-schedule", help="step | cosine")
-    p.add_argument("--lr-steps", help="comma list of epochs for x0.1 (default: --reuse)")
-    p.add_argument("--lr-warmup-epochs", type=float)
-    p.add_argument("--zero-gamma", action=B, default=None)
-    p.add_argument("--fp16-allreduce", action=B, default=None)
-    p.add_argument("--amp", help="auto | off | bf16 | fp16")
-    p.add_argument("--channels-last", help="auto | on | off")
-    p.add_argument("--sync-bn", action=B, default=None)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--keep-checkpoints", type=int)
-    p.add_argument("--merge", help="allreduce | allgather: how per-sample losses reach rank 0")
-    p.add_argument("--metrics-port", help="base port; rank r serves on BASE + local_rank; 0 or off disables")
-    p.add_argument("--metrics-host")
-    p.add_argument("--metrics-linger", type=float, help="seconds to keep serving metrics after training ends")
-    p.add_argument("--pushgateway", help="Pushgateway URL, pushed at each epoch end")
-    p.add_argument("--run-id")
-    p.add_argument("--progress", action=B, default=None)
-    p.add_argument("--max-steps-per-epoch", type=int)
-    p.add_argument("--stop-after", type=int, metavar="EPOCH",
+    g = p.add_argument_group("run")
+    g.add_argument("--strategy", help="dap (hardest p, the paper) | random (same schedule, uniform keep) | full")
+    g.add_argument("--model", help="resnet18..152, densenet121/169, mobilenet_v2, mobilenet_v1, resnet_small "
+                   "(default: resnet50; resnet_small on the sample data)")
+    g.add_argument("--data", dest="root", help="ImageNet-layout root (default: the embedded sample dataset)")
+    g.add_argument("--train-list", help="'path label' file list for training, paths relative to --data")
+    g.add_argument("--val-list", help="'path label' file list for validation, paths relative to --data")
+    g.add_argument("--out", help="run directory (default runs/dap); an earlier run there is moved aside")
+    g.add_argument("--seed", type=int, help="seeds shards, augmentation, selection and each rank's RNG (default 0)")
+    g.add_argument("--resume", metavar="RUN_DIR|auto",
+                   help="continue RUN_DIR from its last checkpoint (a larger --epochs extends it); auto: "
+                        "resume --out if it holds a run, else start fresh (what a scheduler's requeue wants)")
+    g.add_argument("--stop-after", type=int, metavar="EPOCH",
                    help="end cleanly after this epoch, checkpointed (e.g. a SLURM time limit); --resume continues")
-    p.add_argument("--mpi", action="store_true", help="hand mpi4py's COMM_WORLD to hvd.init (under mpirun)")
+    g.add_argument("--eval-every", type=int, help="evaluate every N epochs, and always after the last (default 1)")
+    g.add_argument("--keep-checkpoints", type=int, help="how many epoch checkpoints to keep (default 2)")
+    g.add_argument("--merge", help="allreduce (dense, default) | allgather: how per-sample losses meet")
+    g.add_argument("--max-steps-per-epoch", type=int, help="debugging: cap every epoch at N steps "
+                   "(random or full strategies only)")
+    g.add_argument("--progress", action=B, default=None, help="rank 0's progress line (default on)")
+    g.add_argument("--mpi", action="store_true", help="hand mpi4py's COMM_WORLD to hvd.init (under mpirun)")
+    g = p.add_argument_group("data")
+    g.add_argument("--batch-size", type=int, help="per rank (default 64)")
+    g.add_argument("--loader", help="dali (default) | torch (torchvision, for comparison)")
+    g.add_argument("--dali-device", help="auto (gpu when CUDA is there) | cpu | gpu")
+    g.add_argument("--image-size", type=int, help="training crop in px (default 224; 32 on the sample data)")
+    g.add_argument("--val-resize", type=int, help="shorter side before the centre crop (default size x 256/224)")
+    g.add_argument("--workers", type=int, help="decode threads (DALI) or worker processes (torch) per rank")
+    g.add_argument("--on-bad-sample", help="error (default: stop, naming the file) | skip (exclude, and count)")
+    g.add_argument("--min-crop-area", type=float, help="RandomResizedCrop area floor (default 0.08; 0.25 on sample data)")
+    g.add_argument("--color-jitter", type=float, help="brightness/contrast/saturation strength in [0, 1] (default 0)")
+    g.add_argument("--pca-lighting", type=float, help="AlexNet PCA lighting noise std (Bag of Tricks: 0.1; default 0)")
+    g = p.add_argument_group("optimizer and recipe")
+    g.add_argument("--lr", type=float, help="base LR (default 0.1 x global batch / 256; 0.8 x on the sample data)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--nesterov", action=B, default=None, help="Nesterov momentum (default off)")
+    g.add_argument("--weight-decay", type=float, help="default 1e-4")
+    g.add_argument("--no-bias-decay", action=B, default=None, help="no weight decay on biases and BN (default on)")
+    g.add_argument("--label-smoothing", type=float, help="for the gradient only; selection ranks by plain CE (default 0.1)")
+    g.add_argument("--lr-schedule", help="step (x0.1 after each --lr-steps epoch, default) | cosine")
+    g.add_argument("--lr-steps", help="comma list of epochs after which the LR is x0.1 (default: the preset's; "
+                   "imagenet 30,60,90, cifar10 150,225, sample 8; none: no decay)")
+    g.add_argument("--lr-warmup-epochs", type=float, help="gradual LR warm-up, in full epochs (default 5; 1 on sample data)")
+    g.add_argument("--zero-gamma", action=B, default=None, help="last BN of each residual block starts at 0 (default on)")
+    g.add_argument("--fp16-allreduce", action=B, default=None, help="compress gradients to fp16 in Horovod's allreduce")
+    g.add_argument("--amp", help="auto (bf16 on GPU, off on CPU) | off | bf16 | fp16 (with a GradScaler)")
+    g.add_argument("--channels-last", help="auto (on GPU) | on | off: NHWC input batches")
+    g.add_argument("--sync-bn", action=B, default=None, help="Horovod SyncBatchNorm (GPU only)")
+    g = p.add_argument_group("observability")
+    g.add_argument("--metrics-port", help="Prometheus base port; rank r serves on BASE + local_rank; 0 or off disables")
+    g.add_argument("--metrics-host", help="interface the metrics server binds (default 0.0.0.0)")
+    g.add_argument("--metrics-linger", type=float, help="seconds to keep serving metrics after training ends")
+    g.add_argument("--pushgateway", help="Pushgateway URL, pushed at each epoch end")
+    g.add_argument("--run-id", help="label on every metric series (default: the run folder's name and start time)")
     return p
 
 
@@ -116,10 +138,22 @@ def cmd_train(a: argparse.Namespace) -> int:
         elif not mp.isdigit():
             raise ConfigError(f"--metrics-port: expected a port number, 0 or off, got {overrides['metrics_port']!r}")
     yaml_path = a.config
+    if a.resume == "auto":  # a scheduler's requeue: continue the run in --out if there is one
+        from dap_hvd.checkpoint import list_checkpoints
+
+        from dap_hvd.config import TrainConfig
+
+        out = Path(a.out or TrainConfig.out)
+        a.resume = str(out) if (out / "config.yaml").is_file() and list_checkpoints(out) else None
+        overrides["resume"] = a.resume
+        if a.resume:  # the run's own config.yaml (and the flags given) apply, as with --resume RUN_DIR
+            overrides["out"], a.config = None, None
     if a.resume:
         if a.config:
             raise ConfigError("--config: cannot be combined with --resume (the run's own config.yaml is used)")
         yaml_path = str(Path(a.resume) / "config.yaml")
+        if a.config is None and a.out and Path(a.out) != Path(a.resume):
+            raise ConfigError(f"--out: a resumed run stays in {a.resume}; drop --out {a.out}")
         if not Path(yaml_path).is_file():
             raise ConfigError(f"--resume: {a.resume} is not a run directory (no config.yaml)")
     cfg = load_config(yaml_path, overrides)
@@ -133,12 +167,32 @@ def cmd_train(a: argparse.Namespace) -> int:
     return train_main(cfg, comm)
 
 
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from dap_hvd.evaluate import cli_overrides, main as evaluate_main
+
+    comm = None
+    if a.mpi:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+    return evaluate_main(a.target, cli_overrides(a.root, a.batch_size, a.loader, a.workers), a.json, comm)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from dap_hvd.export import export
+
+    info = export(a.target, a.out)
+    print(f"wrote {a.out} ({info['model']}, {info['num_classes']} classes, epoch {info['epoch']}"
+          + (f", top1 {info['top1']:.4f}" if info["top1"] is not None else "") + f"); load it with {info['load']}")
+    return 0
+
+
 def cmd_make_sample_data(a: argparse.Namespace) -> int:
     from dap_hvd.sample_data import SampleSpec, make_sample_data
 
     spec = SampleSpec(num_classes=a.classes, train_per_class=a.train_per_class, val_per_class=a.val_per_class,
                       redundancy=a.redundancy, hard_fraction=a.hard_fraction, image_size=a.image_size, seed=a.seed)
-    root = make_sample_data(a.dir, spec)
+    root = make_sample_data(a.dir, spec, force=a.force)
     print(f"wrote {root} ({spec.num_classes} classes, {spec.train_per_class} train / {spec.val_per_class} val "
           f"per class, redundancy {spec.redundancy}, hard {spec.hard_fraction:.0%})")
     return 0
@@ -163,35 +217,57 @@ def cmd_sd_file(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dap_hvd import __version__
+
     parser = argparse.ArgumentParser(prog="dap-hvd", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dap-hvd {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("plan", help="print the per-epoch DaP plan and its compute ratio")
     _schedule_flags(p)
     p.add_argument("--num-samples", type=int, help="N: exact integer subset sizes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--config", help="read the schedule section of a training YAML config (flags override it)")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and their LR decay epochs")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
     _train_parser(sub).set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="top-1/top-5 of a run's last checkpoint (or a checkpoint file), "
+                       "as one process or under horovodrun/mpirun")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run folder (its newest checkpoint) or a .pt file")
+    p.add_argument("--data", dest="root", help="dataset root (default: the one the run trained on)")
+    p.add_argument("--batch-size", type=int, help="per rank (default: the run's)")
+    p.add_argument("--loader", help="dali | torch (default: the run's)")
+    p.add_argument("--workers", type=int, help="decode threads / worker processes per rank (default: the run's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--mpi", action="store_true", help="hand mpi4py's COMM_WORLD to hvd.init (under mpirun)")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("export", help="write a run's model weights alone (safetensors or a state_dict)")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run folder (its newest checkpoint) or a .pt file")
+    p.add_argument("--out", required=True, help="FILE: .safetensors for safetensors, anything else for a "
+                   "torch state_dict; FILE.json beside it describes the model")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("make-sample-data", help="write the embedded sample dataset (ImageNet layout)")
-    p.add_argument("dir")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--train-per-class", type=int, default=120)
-    p.add_argument("--val-per-class", type=int, default=30)
+    p.add_argument("dir", help="where to write DIR/{train,val}/<class>/*.jpg")
+    p.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    p.add_argument("--train-per-class", type=int, default=120, help="training images per class (default 120)")
+    p.add_argument("--val-per-class", type=int, default=30, help="validation images per class (default 30)")
     p.add_argument("--redundancy", type=int, default=4, help="near-duplicate copies of each distinct image")
     p.add_argument("--hard-fraction", type=float, default=0.15, help="share of genuinely hard images")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64, help="side of the square JPEGs in px (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    p.add_argument("--force", action="store_true",
+                   help="replace DIR even if it holds something make-sample-data did not write")
     p.set_defaults(func=cmd_make_sample_data)
     p = sub.add_parser("verify-data", help="list every unreadable / corrupt / non-image file; non-zero if any")
-    p.add_argument("root")
-    p.add_argument("--file-list")
-    p.add_argument("--splits", default="train,val")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("root", help="dataset root in the ImageNet layout")
+    p.add_argument("--file-list", help="check a 'path label' file list (paths relative to ROOT) instead of folders")
+    p.add_argument("--splits", default="train,val", help="comma list of split folders to check (default train,val)")
+    p.add_argument("--workers", type=int, default=4, help="decode threads (default 4)")
     p.set_defaults(func=cmd_verify_data)
     p = sub.add_parser("sd-file", help="write a Prometheus file_sd targets file for a host list")
     p.add_argument("--hosts", required=True, help="host:slots,host:slots (horovodrun -H syntax)")
-    p.add_argument("--base-port", type=int, default=9400)
-    p.add_argument("--run-id", default="")
-    p.add_argument("--out", required=True)
+    p.add_argument("--base-port", type=int, default=9400, help="rank r of a host serves on BASE + local rank")
+    p.add_argument("--run-id", default="", help="run_id label on the targets")
+    p.add_argument("--out", required=True, help="targets file to write (JSON, Prometheus file_sd)")
     p.set_defaults(func=cmd_sd_file)
     sub.add_parser("bench", help="run the benchmark suite (writes BENCHMARKS.md); `dap-hvd bench -h` for its flags")
     return parser
@@ -204,6 +280,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.cmd in ("train", "evaluate"):
+        from dap_hvd import supervise
+
+        if supervise.wanted(argv):  # the work runs in a child, so a crash in DALI is explained
+            return supervise.run(argv, args.cmd)
     try:
         return args.func(args)
     except DapError as e:

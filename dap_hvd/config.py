@@ -14,11 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dap_hvd import ConfigError
-from dap_hvd.schedule import PRESETS, Schedule
-
-# A preset sized for the embedded sample dataset: a run finishes in minutes on 2 CPU cores and
-# still goes through warm-up, drops, a pick (reuse) and more drops.
-PRESETS.setdefault("sample", dict(epochs=12, warmup=3, interval=1, keep=0.8, active=None, reuse=(8,)))
+from dap_hvd.schedule import PRESET_LR_STEPS, PRESETS, Schedule
 
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
           "densenet169", "mobilenet_v2", "mobilenet_v1", "resnet_small")
@@ -61,7 +57,7 @@ class OptimConfig:
     no_bias_decay: bool = True  # no weight decay on biases and BN parameters (Bag of Tricks 3.1)
     label_smoothing: float = 0.1
     lr_schedule: str = "step"  # step (x0.1 at lr_steps) | cosine
-    lr_steps: Optional[tuple[int, ...]] = None  # None: the schedule's reuse epochs
+    lr_steps: Optional[tuple[int, ...]] = None  # x0.1 after these epochs; None: the preset's (imagenet 30,60,90)
     lr_warmup_epochs: Optional[float] = None  # gradual warm-up in full-data epochs; None: 5, or 1 on sample data
     zero_gamma: bool = True
     fp16_allreduce: bool = False  # horovod gradient compression
@@ -127,7 +123,7 @@ class TrainConfig:
 
     @property
     def lr_steps(self) -> tuple[int, ...]:
-        return self.optim.lr_steps if self.optim.lr_steps is not None else self.schedule.reuse
+        return self.optim.lr_steps or ()  # resolved from the preset by load_config
 
     @property
     def data_root(self) -> Path:
@@ -172,7 +168,7 @@ def _coerce(section: Optional[str], key: str, value: Any, annotation: str) -> An
     try:
         if base.startswith("tuple"):
             if isinstance(value, str):
-                value = [v for v in value.split(",") if v.strip()]
+                value = [] if value.strip().lower() == "none" else [v for v in value.split(",") if v.strip()]
             return tuple(int(v) for v in value)
         if base == "bool":
             if isinstance(value, str):
@@ -226,17 +222,19 @@ def _check(cond: bool, section: Optional[str], key: str, msg: str) -> None:
         raise ConfigError(f"{_where(section, key)}: {msg}")
 
 
-def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = None) -> TrainConfig:
+def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = None,
+                raw: Optional[dict] = None) -> TrainConfig:
     """Build the run's config. `overrides` maps flag names (batch_size, keep, ...) or dotted
-    YAML keys (data.batch_size) to values; None values mean 'not given'."""
-    raw: dict = {}
-    if yaml_path:
-        raw = _read_yaml(yaml_path)
-    tree: dict = {"schedule": dict(raw.pop("schedule", None) or {})}
-    for name in _SECTIONS:
+    YAML keys (data.batch_size) to values; None values mean 'not given'. `raw` is an already
+    parsed config tree (a checkpoint's own), used instead of a YAML file."""
+    source = yaml_path or "config"
+    raw = dict(raw) if raw is not None else (_read_yaml(yaml_path) if yaml_path else {})
+    tree: dict = {}
+    for name in ("schedule", *_SECTIONS):
         section = raw.pop(name, None) or {}
         if not isinstance(section, dict):
-            raise ConfigError(f"{yaml_path}: '{name}' must be a mapping")
+            raise ConfigError(f"{source}: '{name}' must be a mapping of keys to values, "
+                              f"got {type(section).__name__} {section!r}")
         tree[name] = dict(section)
     tree[None] = raw
 
@@ -254,7 +252,16 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
             raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(_SCHEDULE_KEYS)}")
     data = _build(DataConfig, "data", tree["data"])
     optim = _build(OptimConfig, "optim", tree["optim"])
-    schedule = _schedule(sched, default_preset="sample" if data.is_sample else "imagenet")
+    preset = sched.get("preset") or ("sample" if data.is_sample else "imagenet")
+    schedule = _schedule(sched, default_preset=preset)
+    if optim.lr_steps is None:  # the preset's decay epochs; a preset value that no longer fits is named
+        steps = PRESET_LR_STEPS.get(preset, ())
+        late = [e for e in steps if e > schedule.epochs]
+        if late:
+            raise ConfigError(f"optim.lr_steps (--lr-steps): the '{preset}' preset decays the LR after epoch(s) "
+                              f"{','.join(map(str, late))}, beyond --epochs {schedule.epochs}; "
+                              f"pass --lr-steps to override it (e.g. --lr-steps {max(1, schedule.epochs * 2 // 3)})")
+        optim = dataclasses.replace(optim, lr_steps=tuple(steps))
     cfg = _build(TrainConfig, None, tree[None], schedule=schedule, data=data, optim=optim)
     _validate(cfg)
     return cfg
@@ -269,6 +276,9 @@ def _section_of(name: str) -> Optional[str]:
     return None
 
 
+_NONE_WORDS = ("none", "inf", "unlimited", "")
+
+
 def _schedule(values: dict, default_preset: str) -> Schedule:
     values = dict(values)
     preset = values.pop("preset", None) or default_preset
@@ -277,14 +287,22 @@ def _schedule(values: dict, default_preset: str) -> Schedule:
     params = dict(PRESETS[preset])
     for key, value in values.items():
         if key == "reuse":
-            value = _coerce("schedule", key, value, "tuple[int, ...]")
+            value = () if str(value).lower() in _NONE_WORDS else _coerce("schedule", key, value, "tuple[int, ...]")
         elif key == "active":
-            value = None if str(value).lower() in ("none", "inf", "unlimited", "") else _coerce("schedule", key, value, "int")
+            value = None if str(value).lower() in _NONE_WORDS else _coerce("schedule", key, value, "int")
         elif key == "keep":
             value = _coerce("schedule", key, value, "float")
         else:
             value = _coerce("schedule", key, value, "int")
         params[key] = value
+    if "reuse" not in values:  # R came from the preset: say so when the user's flags no longer fit it
+        misfit = [r for r in params["reuse"] if not params["warmup"] < r <= params["epochs"]]
+        if misfit:
+            given = ", ".join(f"--{k} {values[k]}" for k in ("epochs", "warmup") if k in values)
+            raise ConfigError(f"schedule.reuse (--reuse): the '{preset}' preset reuses all data after epoch(s) "
+                              f"{','.join(map(str, misfit))}, which does not fit {given or 'the schedule'} "
+                              f"(reuse epochs must lie in W+1..E = {params['warmup'] + 1}..{params['epochs']}); "
+                              f"pass --reuse to override it, e.g. --reuse none")
     return Schedule(**params)
 
 
@@ -318,6 +336,12 @@ def _validate(cfg: TrainConfig) -> None:
     _check(cfg.stop_after is None or 1 <= cfg.stop_after <= cfg.schedule.epochs, None, "stop_after",
            f"must be in 1..{cfg.schedule.epochs}, got {cfg.stop_after}")
     _check(cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1, None, "max_steps_per_epoch", "must be >= 1")
+    # A capped epoch trains only part of the subset, so a loss-driven selection would rank
+    # samples it never saw. Refused rather than silently selecting among a part.
+    _check(cfg.max_steps_per_epoch is None or not get_strategy(cfg.strategy).needs_losses, None,
+           "max_steps_per_epoch", f"cannot be combined with --strategy {cfg.strategy}, which ranks every sample "
+           f"of the subset by its loss; a capped epoch sees only part of it (use --strategy random or full "
+           f"to debug with capped epochs)")
 
 
 def _read_yaml(path: str) -> dict:

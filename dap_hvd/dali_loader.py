@@ -93,15 +93,24 @@ def val_pipeline(spec: LoaderSpec, *, rank: int = 0, world_size: int = 1):
     return pipe()
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 class DaliLoader:
     def __init__(self, spec: LoaderSpec):
         if len(spec.files) == 0:
             raise ValueError("DALI loader needs at least one file")
         self.spec = spec
         self._pipe = (train_pipeline if spec.train else val_pipeline)(spec)
-        self._pipe.build()
-        self._it = DALIGenericIterator([self._pipe], ["images", "tags"], reader_name="Reader",
-                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        try:
+            self._pipe.build()
+            # The iterator decodes the first batch right here, so a bad file in it fails here.
+            self._it = DALIGenericIterator([self._pipe], ["images", "tags"], reader_name="Reader",
+                                           last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        except Exception as e:
+            self._pipe = None  # invalid now: never touch it again
+            raise LoaderError(_first_line(e), broken=True) from None
 
     def __len__(self) -> int:
         return math.ceil(len(self.spec.files) / self.spec.batch_size)
@@ -114,7 +123,8 @@ class DaliLoader:
             except StopIteration:
                 return
             except Exception as e:  # DALI reports decode failures as RuntimeError deep in its executor
-                raise LoaderError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
+                self._it = self._pipe = None  # invalid now: never touch it again
+                raise LoaderError(_first_line(e), broken=True) from None
             yield Batch(out[0]["images"], out[0]["tags"].reshape(-1).to(torch.int64))
 
     def close(self) -> None:

@@ -6,7 +6,9 @@ as single-process code. Indices always travel as int64: float tensors lose preci
 
 from __future__ import annotations
 
+import hashlib
 import json
+import socket
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -15,6 +17,10 @@ import numpy as np
 import torch
 
 import horovod.torch as hvd
+from horovod.common.exceptions import HorovodInternalError as CollectiveError  # noqa: F401 (re-exported)
+
+from dap_hvd import DapError, DataError
+from dap_hvd.catalog import first_difference
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,9 @@ def merge_losses(subset: np.ndarray, loss: torch.Tensor, count: torch.Tensor, *,
 
     allreduce: each rank holds dense [loss, count] vectors over the subset, zero where it saw
       nothing; one sum gives everyone everything. Wire cost ~2(w-1)/w * 8n bytes per rank.
-    allgather: each rank sends (index, loss) for the samples it saw; cost ~12 * n bytes received.
+    allgather: each rank sends (position, loss) for the samples it saw, as int64 + float32, so
+      12 bytes per sample; a position is repeated as often as it was recorded, so a duplicate
+      still shows up as a count of 2, without a third collective for the counts.
     Either way a sample must have been seen exactly once across ranks (padding duplicates were
     never recorded); anything else is a loader bug, and we stop rather than select on it.
     """
@@ -98,14 +106,15 @@ def merge_losses(subset: np.ndarray, loss: torch.Tensor, count: torch.Tensor, *,
         sent = int(2 * (world_size - 1) / max(world_size, 1) * merged.numel() * 4)
     elif method == "allgather":
         seen = torch.nonzero(count > 0).squeeze(1)
-        pos = allgather(seen.to(torch.int64), name=f"merge.{epoch}.idx")
-        val = allgather(loss[seen] / count[seen], name=f"merge.{epoch}.loss")
-        cnt = allgather(count[seen], name=f"merge.{epoch}.count")
+        reps = count[seen].round().to(torch.int64)
+        mine = torch.repeat_interleave(seen.to(torch.int64), reps)
+        pos = allgather(mine, name=f"merge.{epoch}.idx")
+        val = allgather(torch.repeat_interleave(loss[seen] / count[seen], reps), name=f"merge.{epoch}.loss")
         losses = np.zeros(n, dtype=np.float32)
         counts = np.zeros(n, dtype=np.float32)
-        np.add.at(counts, pos.numpy(), cnt.numpy())
-        np.add.at(losses, pos.numpy(), val.numpy() * cnt.numpy())
-        sent = int(seen.numel() * 12)
+        np.add.at(counts, pos.numpy(), 1.0)
+        np.add.at(losses, pos.numpy(), val.numpy())
+        sent = int(mine.numel() * 12)
     else:
         raise ValueError(f"unknown merge method {method!r}")
     wrong = np.flatnonzero(counts != 1)
@@ -123,9 +132,97 @@ def distributed_optimizer(optimizer, model: torch.nn.Module, fp16_allreduce: boo
                                     compression=compression, op=hvd.Average)
 
 
-def broadcast_training_state(model: torch.nn.Module, optimizer) -> None:
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+def broadcast_training_state(model: torch.nn.Module, optimizer, scaler=None) -> None:
+    """Make every replica rank 0's: optimizer state, then parameters and buffers, then the
+    GradScaler. The order matters: on a rank whose optimizer state is empty (every rank but 0 on
+    a resume), broadcast_optimizer_state runs a zero-gradient step() to create it, and weight
+    decay then moves the parameters; broadcasting them afterwards undoes that."""
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    if scaler is not None:  # scalars only: rank 0's scale and growth tracker for everyone
+        state = broadcast_json(_scaler_json(scaler) if hvd.rank() == 0 else None, name="scaler")
+        scaler.load_state_dict(state)
+
+
+def _scaler_json(scaler) -> dict:
+    return {k: (float(v) if isinstance(v, float) else v) for k, v in scaler.state_dict().items()}
+
+
+_BN = torch.nn.modules.batchnorm._BatchNorm
+
+
+def average_batchnorm(model: torch.nn.Module) -> None:
+    """Average BatchNorm running statistics across ranks (timm's distribute_bn). Gradients are
+    averaged by the optimizer, but each rank's running mean and variance follow its own shard;
+    without this each rank would evaluate a different model, and the checkpoint hold rank 0's."""
+    if hvd.size() == 1:
+        return
+    bufs = [b for m in model.modules() if isinstance(m, _BN) and m.track_running_stats
+            for b in (m.running_mean, m.running_var) if b is not None]
+    if not bufs:
+        return
+    averaged = hvd.grouped_allreduce([b.detach() for b in bufs], op=hvd.Average, name="bn.average")
+    with torch.no_grad():
+        for b, a in zip(bufs, averaged):
+            b.copy_(a)
+
+
+def state_digest(model: torch.nn.Module, scaler=None) -> str:
+    """sha256 of a replica: every parameter and buffer, and the GradScaler's state."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    if scaler is not None:
+        h.update(json.dumps(_scaler_json(scaler), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def allgather_digests(digest: str, name: str) -> list[str]:
+    """Every rank's hex digest, in rank order, on every rank."""
+    raw = torch.frombuffer(bytearray(bytes.fromhex(digest)), dtype=torch.uint8)
+    return [bytes(row).hex() for row in allgather(raw.reshape(1, -1), name=name).numpy()]
+
+
+def check_replicas(model: torch.nn.Module, scaler, when: str) -> list[str]:
+    """Fail on every rank if the replicas differ; returns the per-rank digests."""
+    digests = allgather_digests(state_digest(model, scaler), name=f"replicas.{when}")
+    if len(set(digests)) != 1:
+        odd = [r for r, d in enumerate(digests) if d != digests[0]]
+        raise DapError(f"{when}: the model replicas differ between ranks (rank(s) {odd} differ from rank 0); "
+                       f"this is a bug in dap_hvd, please report it")
+    return digests
+
+
+def check_same_dataset(what: str, digest: str, paths: tuple[str, ...]) -> None:
+    """Every rank must hold rank 0's catalog. A mismatch fails every rank (never a stall), and
+    the ranks that differ name their host and their first differing path."""
+    raw = torch.frombuffer(bytearray(bytes.fromhex(digest)), dtype=torch.uint8)
+    root = hvd.broadcast(raw.clone(), 0, name=f"dataset.{what}.digest")
+    differs = not torch.equal(root, raw)
+    flags = allgather(torch.tensor([int(differs)], dtype=torch.int64), name=f"dataset.{what}.flags").tolist()
+    if not any(flags):
+        return
+    theirs = broadcast_json(list(paths) if hvd.rank() == 0 else None, name=f"dataset.{what}.paths")
+    odd = [r for r, f in enumerate(flags) if f]
+    if differs:
+        raise DataError(f"rank {hvd.rank()} on {socket.gethostname()}: the {what} dataset differs from rank 0's: "
+                        f"{first_difference(paths, tuple(theirs))}; every rank must see the same files")
+    raise DataError(f"rank(s) {odd} hold a different {what} dataset from rank 0's (their own errors name the "
+                    f"host and the first differing path); every rank must see the same files")
+
+
+def gather_rows(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Stack a same-sized 1-D tensor from every rank: row r is rank r's (e.g. RNG states)."""
+    return allgather(t.reshape(1, -1), name=name)
+
+
+def broadcast_tensor(t: Optional[torch.Tensor], name: str) -> torch.Tensor:
+    """Broadcast rank 0's tensor; the others pass None and learn its shape and dtype first."""
+    meta = broadcast_json([list(t.shape), str(t.dtype).removeprefix("torch.")] if hvd.rank() == 0 else None,
+                          name=f"{name}.meta")
+    buf = t.contiguous() if hvd.rank() == 0 else torch.empty(meta[0], dtype=getattr(torch, meta[1]))
+    return hvd.broadcast(buf, 0, name=f"{name}.data")
 
 
 def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dap_hvd.ledger import LossLedger
@@ -48,11 +49,17 @@ class EpochStats:
     global_step: int  # after the epoch
 
 
-def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, criterion: nn.Module,
+def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smoothing: float,
                     lr_schedule: LRSchedule, global_step: int, class_of: torch.Tensor, precision: Precision,
-                    ledger: Optional[LossLedger] = None, sample_weight: Optional[torch.Tensor] = None,
-                    scaler: Optional["torch.amp.GradScaler"] = None, max_steps: Optional[int] = None,
-                    progress=None, metrics=None) -> EpochStats:
+                    ledger: Optional[LossLedger] = None, scaler: Optional["torch.amp.GradScaler"] = None,
+                    max_steps: Optional[int] = None, progress=None, metrics=None) -> EpochStats:
+    """One pass over `loader`. `global_step` is where this epoch starts in the plan, so the LR
+    follows the plan's epoch boundaries whatever happened before (a resume, another world size).
+
+    The gradient uses the label-smoothed loss; the ledger records plain softmax cross-entropy of
+    the same fp32 logits (the paper's selection signal, section 3.3). The smoothed loss is not
+    monotone in the model's confidence: a sample predicted with p=1.0 scores higher than one at
+    p=0.68, so ranking by it would keep easy samples."""
     model.train()
     dev = precision.device
     loss_sum = torch.zeros((), device=dev)
@@ -74,9 +81,10 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, criterion: n
 
         optimizer.zero_grad()
         with precision.autocast():
-            per_sample = criterion(model(images), targets).float()  # reduction='none'
-        weighted = per_sample if sample_weight is None else per_sample * sample_weight[indices]
-        loss = weighted.mean()
+            logits = model(images)
+        logits = logits.float()  # losses in fp32, also under bf16/fp16 autocast
+        per_sample = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+        loss = per_sample.mean()
         if scaler is not None:  # fp16: unscale after Horovod's allreduce, step without a 2nd sync
             scaler.scale(loss).backward()
             optimizer.synchronize()
@@ -89,7 +97,8 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, criterion: n
             optimizer.step()
 
         if ledger is not None:
-            ledger.record(indices, per_sample, valid)
+            score = per_sample if label_smoothing == 0 else F.cross_entropy(logits.detach(), targets, reduction="none")
+            ledger.record(indices, score, valid)
         vmask = valid.to(per_sample.dtype)
         loss_sum += (per_sample.detach() * vmask).sum()
         loss_count += valid.sum()
@@ -112,7 +121,9 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, criterion: n
 @torch.no_grad()
 def evaluate(*, model: nn.Module, loader: Loader, class_of: torch.Tensor, precision: Precision) -> torch.Tensor:
     """Counts [top1_correct, top5_correct, samples] over this rank's valid samples. The caller
-    sums them across ranks, so the accuracy is exact, not an average of per-rank averages."""
+    sums them across ranks, so the accuracy is exact, not an average of per-rank averages.
+    The caller averages BatchNorm statistics across ranks first (dist.average_batchnorm), so every
+    rank scores the same model, the one the checkpoint holds."""
     model.eval()
     dev = precision.device
     counts = torch.zeros(3, dtype=torch.float64, device=dev)

@@ -22,6 +22,8 @@ class LossLedger:
         """Add per-sample losses; `valid` is False for padding duplicates, which must not count
         twice (a summed loss vector would otherwise double them)."""
         pos = torch.searchsorted(self._keys, indices)
-        w = valid.to(torch.float32)
-        self.loss.index_put_((pos,), losses.detach().float() * w, accumulate=True)
-        self.count.index_put_((pos,), w, accumulate=True)
+        # where, not multiply: a non-finite padding loss times 0 is NaN, and would poison the
+        # real sample's slot.
+        kept = torch.where(valid, losses.detach().float(), torch.zeros((), device=losses.device))
+        self.loss.index_put_((pos,), kept, accumulate=True)
+        self.count.index_put_((pos,), valid.to(torch.float32), accumulate=True)

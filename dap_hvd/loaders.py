@@ -23,11 +23,17 @@ PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [
 
 
 class LoaderError(Exception):
-    """The data pipeline failed (e.g. DALI could not decode a file in this rank's shard)."""
+    """The data pipeline failed (e.g. DALI could not decode a file in this rank's shard).
+    `broken`: the failed pipeline may have corrupted the process (DALI's batched decoder has
+    been seen to crash in a later teardown), so the process should exit without one."""
+
+    def __init__(self, message: str, broken: bool = False):
+        super().__init__(message)
+        self.broken = broken
 
 
 class BadSampleError(Exception):
-    """A sample that could not be decoded; `tag` is its encoded global index (-1: unknown)."""
+    """A sample that could not be decoded; `tag` is its encoded global index (None: unknown)."""
 
     def __init__(self, tag: int, reason: str):
         super().__init__(reason)

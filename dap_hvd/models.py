@@ -8,17 +8,17 @@ from torch import nn
 
 
 def build_model(name: str, num_classes: int, zero_gamma: bool = True) -> nn.Module:
-    import torchvision.models as tvm
-
-    if name.startswith("resnet") and name != "resnet_small":
-        # zero-gamma: the last BN of each residual block starts at 0, so blocks start as identity.
-        return getattr(tvm, name)(weights=None, num_classes=num_classes, zero_init_residual=zero_gamma)
-    if name in ("densenet121", "densenet169", "mobilenet_v2"):
-        return getattr(tvm, name)(weights=None, num_classes=num_classes)
     if name == "mobilenet_v1":
         return MobileNetV1(num_classes)
     if name == "resnet_small":
         return SmallResNet(num_classes, zero_gamma=zero_gamma)
+    import torchvision.models as tvm  # about a second to import: only for the models that need it
+
+    if name.startswith("resnet"):
+        # zero-gamma: the last BN of each residual block starts at 0, so blocks start as identity.
+        return getattr(tvm, name)(weights=None, num_classes=num_classes, zero_init_residual=zero_gamma)
+    if name in ("densenet121", "densenet169", "mobilenet_v2"):
+        return getattr(tvm, name)(weights=None, num_classes=num_classes)
     raise ValueError(f"unknown model {name!r}")
 
 

@@ -125,14 +125,21 @@ def _base_params(spec: SampleSpec, c: int, rng: np.random.Generator, hard: bool)
     )
 
 
-def make_sample_data(root: str | Path, spec: SampleSpec = SampleSpec()) -> Path:
+def make_sample_data(root: str | Path, spec: SampleSpec = SampleSpec(), force: bool = False) -> Path:
     """Write the dataset under root/{train,val}/<class>/. Idempotent: an existing complete
     dataset with the same spec is left as it is. Written to a temp folder, then renamed, so a
-    crash never leaves a half dataset that looks complete."""
+    crash never leaves a half dataset that looks complete. Whatever else is at `root` (a file, a
+    real dataset) is never replaced unless `force` is given."""
+    from dap_hvd import DataError
+
     root = Path(root)
     stamp = root / "sample-spec.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == asdict(spec):
         return root
+    ours = stamp.is_file()
+    if not force and not ours and (root.is_symlink() or root.exists()) and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(f"{root}: exists and was not written by make-sample-data; refusing to replace it "
+                        f"(choose an empty or new folder, or pass --force to overwrite it)")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".sample-", dir=root.parent))
     for split, per_class, copies in (("train", spec.train_per_class, spec.redundancy),

@@ -25,7 +25,15 @@ PRESETS: dict[str, dict] = {
     "imagenet": dict(epochs=120, warmup=10, interval=2, keep=0.9, active=10, reuse=(30, 60, 90)),
     # Table 2 baseline: ResNet-110 on CIFAR10, 300 epochs (63% compute).
     "cifar10": dict(epochs=300, warmup=40, interval=10, keep=0.9, active=None, reuse=(150,)),
+    # Sized for the embedded sample dataset: minutes on 2 CPU cores, and still warm-up, drops,
+    # a pick (reuse) and more drops.
+    "sample": dict(epochs=12, warmup=3, interval=1, keep=0.8, active=None, reuse=(8,)),
 }
+
+# The LR decay epochs of each preset's recipe. They are their own setting, not R: the paper's
+# CIFAR recipe divides the LR at 150 and 225 (section 4.1) but reuses data at 150 only, and a
+# reuse ablation (Table 2(e), R empty) must not turn the LR schedule into a constant.
+PRESET_LR_STEPS: dict[str, tuple[int, ...]] = {"imagenet": (30, 60, 90), "cifar10": (150, 225), "sample": (8,)}
 
 
 @dataclass(frozen=True)
@@ -55,16 +63,14 @@ class Schedule:
             need(_is_int(r) and 1 <= r <= self.epochs, "reuse (R, --reuse)",
                  f"epoch {r!r} is outside 1..{self.epochs}")
         need(len(set(reuse)) == len(reuse), "reuse (R, --reuse)", f"repeats an epoch: {list(reuse)}")
+        # A pick inside the warm-up restarts the cycle there and silently moves every later drop
+        # (T_prev resets at reuse), while all data is still in use anyway: refuse it.
+        for r in reuse:
+            need(r > self.warmup, "reuse (R, --reuse)",
+                 f"epoch {r} is inside the warm-up (W={self.warmup}), where all data is used anyway; "
+                 f"choose reuse epochs after W, or --reuse none")
         object.__setattr__(self, "reuse", tuple(sorted(reuse)))
         object.__setattr__(self, "keep", float(self.keep))
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> "Schedule":
-        if name not in PRESETS:
-            raise ConfigError(f"--preset: unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        params = dict(PRESETS[name])
-        params.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**params)
 
     def to_dict(self) -> dict:
         return dict(epochs=self.epochs, warmup=self.warmup, interval=self.interval, keep=self.keep,

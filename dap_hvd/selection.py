@@ -30,10 +30,15 @@ def selection_digest(indices: np.ndarray) -> str:
     return hashlib.sha256(np.sort(np.asarray(indices, dtype="<i8")).tobytes()).hexdigest()
 
 
-def select_hardest(indices: np.ndarray, losses: np.ndarray, count: int) -> np.ndarray:
-    """The `count` samples with the largest losses; ties broken by the smaller index. O(n).
+def select_hardest(indices: np.ndarray, losses: np.ndarray, count: int,
+                   rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """The `count` samples with the largest losses. O(n) to find them, O(n log n) to sort them.
 
     `indices` must be sorted ascending and aligned with `losses`. Returns sorted indices.
+    Samples tied at the threshold are taken in a random order drawn from `rng` (deterministic
+    for a seeded generator). Index order would favour low class ids: indices follow sorted class
+    names, and late in training many confident samples tie at a cross-entropy of exactly 0.
+    Without `rng` the smaller indices win.
     """
     n = len(indices)
     if not 1 <= count <= n:
@@ -44,10 +49,15 @@ def select_hardest(indices: np.ndarray, losses: np.ndarray, count: int) -> np.nd
     threshold = np.partition(neg, count - 1)[count - 1]
     above = neg < threshold
     need = count - int(above.sum())
-    # Samples tied at the threshold: `indices` is sorted, so the first `need` are the smallest.
-    ties = np.flatnonzero(neg == threshold)[:need]
+    ties = np.flatnonzero(neg == threshold)
+    ties = (rng.permutation(ties) if rng is not None else ties)[:need]
     chosen = np.flatnonzero(above)
     return np.asarray(indices, dtype=np.int64)[np.sort(np.concatenate([chosen, ties]))]
+
+
+def tie_break_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator DaP draws its threshold tie-break from: a resumed run draws the same."""
+    return np.random.default_rng([seed, epoch, 0x71E])
 
 
 def check_finite(indices: np.ndarray, losses: np.ndarray, epoch: int) -> None:
@@ -77,7 +87,7 @@ class Hardest:
 
     def select(self, indices, losses, count, *, seed, epoch):
         check_finite(indices, losses, epoch)
-        return Selection(select_hardest(indices, losses, count))
+        return Selection(select_hardest(indices, losses, count, rng=tie_break_rng(seed, epoch)))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """`dap-hvd train`: the Horovod training service, top to bottom.
 
-init -> pin device -> data -> model -> scale LR -> DistributedOptimizer -> resume / broadcast
-state -> for each epoch: shard the selection, train (recording losses), let the schedule decide,
-merge losses + select on rank 0 + broadcast, evaluate, checkpoint. Rank 0 alone writes files.
+init -> pin device -> data (same on every rank) -> model -> scale LR -> DistributedOptimizer ->
+resume -> broadcast state (optimizer, then parameters) -> for each epoch: shard the selection, train
+(recording losses), let the schedule decide, merge losses + select on rank 0 + broadcast, average
+BatchNorm statistics, evaluate, checkpoint. Rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -23,16 +26,17 @@ import torch
 
 from dap_hvd import ConfigError, DataError, DapError, dist
 from dap_hvd.catalog import Catalog, load_catalog
-from dap_hvd.checkpoint import load_latest, save_checkpoint
+from dap_hvd.checkpoint import load_latest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
 from dap_hvd.engine import Precision, evaluate, train_one_epoch
 from dap_hvd.ledger import LossLedger
 from dap_hvd.loaders import BadSampleError, LoaderError, LoaderSpec, make_loader
 from dap_hvd.lr import build_lr_schedule
 from dap_hvd.models import build_model, param_groups
-from dap_hvd.schedule import DROP, PICK, DapState, decide, initial_state, keep_count, plan
+from dap_hvd.schedule import DROP, PICK, DapState, Plan, decide, initial_state, keep_count, plan
 from dap_hvd.selection import check_finite, get_strategy, selection_digest
 from dap_hvd.sharding import shard_for_rank
+from dap_hvd.supervise import note_loader
 
 log = logging.getLogger("dap_hvd")
 
@@ -42,60 +46,214 @@ class RunState:
     """What a checkpoint restores: everything the next epoch depends on."""
 
     epoch: int = 0  # last completed epoch
-    global_step: int = 0
     selection: Optional[np.ndarray] = None  # sorted global indices the next epoch trains on
     dap: Optional[DapState] = None
-    history: list = None
+    history: list = field(default_factory=list)
     samples_trained: int = 0
     wall_seconds: float = 0.0
     run_id: str = ""
-    planned_compute: float = 1.0  # the plan's compute ratio for this strategy and dataset
+    replicas: dict = field(default_factory=dict)  # per-rank state digests, checked equal
+
+
+@dataclass
+class Run:
+    """What every epoch needs, built once at start-up, so the epoch step takes one argument."""
+
+    cfg: TrainConfig
+    world: dist.World
+    run_dir: Path
+    precision: Precision
+    strategy: object
+    train_cat: Catalog
+    val_cat: Catalog  # labelled by train's class names
+    universe: np.ndarray  # usable training indices (bad samples excluded)
+    excluded: np.ndarray
+    val_usable: np.ndarray  # usable validation indices
+    dataset_digest: str
+    class_of: torch.Tensor
+    val_class_of: torch.Tensor
+    model: torch.nn.Module
+    optimizer: object
+    scaler: Optional[object]
+    base_lr: float
+    plan: Plan
+    epoch_starts: list  # global step at which each planned epoch starts; [-1] is the total
+    planned_samples: list  # per epoch, as planned (a step cap included)
+    lr_schedule: object = None
+    metrics: object = None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or a scheduler's SIGTERM, with the last epoch that was checkpointed."""
+
+    def __init__(self, epoch: int):
+        super().__init__(epoch)
+        self.epoch = epoch
+
+
+@dataclass
+class RunLog:
+    """Where fatal errors go besides stderr: the run's train.log, once this run owns the folder."""
+
+    path: Optional[Path] = None
+
+    def fatal(self, world: dist.World, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+        if self.path is None:
+            return
+        line = f"{time.strftime('%H:%M:%S')} [rank {world.rank}] ERROR {message}\n"
+        try:  # one append per line: ranks may share the file
+            with open(self.path, "a") as f:
+                f.write(line)
+        except OSError:
+            pass
 
 
 def main(cfg: TrainConfig, comm=None) -> int:
     world = dist.init(comm)
     run_dir = Path(cfg.resume or cfg.out)
-    moved = _archive_previous_run(run_dir) if world.is_root and not cfg.resume else None
-    _setup_logging(world, run_dir)
-    if moved:
-        log.warning("%s held an earlier run; moved it to %s (use --resume to continue a run)", run_dir, moved)
+    _setup_logging(world)
+    runlog = RunLog()
+    # SLURM and horovodrun stop jobs with SIGTERM: end like Ctrl-C, with a resume hint.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        summary = run(cfg, world, run_dir)
+        summary = run(cfg, world, run_dir, runlog)
         if world.is_root:
             log.info("done: top1 %.4f top5 %.4f, compute %.3f of full data (planned %.3f), %.1fs -> %s",
                      summary["top1"], summary["top5"], summary["compute_ratio_measured"],
                      summary["compute_ratio_planned"], summary["wall_seconds"], run_dir / "summary.json")
         return 0
     except DapError as e:
-        print(f"dap-hvd train: error on rank {world.rank}: {e}", file=sys.stderr, flush=True)
+        runlog.fatal(world, f"dap-hvd train: error on rank {world.rank}: {e}")
+        if getattr(e, "unclean", False):
+            # A failed DALI pipeline can crash the interpreter's teardown (SIGSEGV in a later
+            # destructor): the error is reported and nothing is left to save, so skip it.
+            sys.stdout.flush()
+            os._exit(2)
         return 2
+    except dist.CollectiveError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        runlog.fatal(world, f"dap-hvd train: error on rank {world.rank}: a collective operation failed, most likely "
+                            f"because another rank died or was killed ({first}); the last checkpoint is in {run_dir}, "
+                            f"continue with --resume {run_dir}")
+        return 1
+    except Exception as e:  # a bug: say so where the user looks, then keep the traceback for the report
+        runlog.fatal(world, f"dap-hvd train: unexpected error on rank {world.rank}: {type(e).__name__}: {e}")
+        raise
+    except KeyboardInterrupt as e:
+        if world.is_root:
+            where = f"after epoch {e.epoch}" if isinstance(e, Interrupted) and e.epoch else "before the first epoch ended"
+            hint = f"resume with: dap-hvd train --resume {run_dir}" if isinstance(e, Interrupted) and e.epoch \
+                else "nothing was checkpointed"
+            runlog.fatal(world, f"dap-hvd train: interrupted {where}; {hint}")
+        return 130
     finally:
         dist.shutdown()
 
 
-def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
-    t_run = time.perf_counter()
+def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[RunLog] = None) -> dict:
+    runlog = runlog or RunLog()
+    _check_out_dir(cfg, world, run_dir)
+    if cfg.resume:  # a resumed run's folder is its own from the start
+        runlog.path = run_dir / "train.log"
+    r = _setup(cfg, world, run_dir)
+    if world.is_root:  # start-up worked: now this run takes the folder
+        moved = None if cfg.resume else _archive_previous_run(run_dir)
+        _log_to_file(world, run_dir)
+        if moved:
+            log.warning("%s held an earlier run; moved it to %s (use --resume to continue a run)", run_dir, moved)
+        stale = remove_stale_temps(run_dir)
+        if stale:
+            log.warning("removed %d temporary file(s) a killed checkpoint save left in %s", len(stale),
+                        run_dir / "checkpoints")
+    state = _resume(r)
+    runlog.path = run_dir / "train.log"
+    # Rank 0's replica for everyone, then proof of it: every rank's full state must hash alike.
+    dist.broadcast_training_state(r.model, r.optimizer, r.scaler)
+    state.replicas["start"] = dist.check_replicas(r.model, r.scaler, when="start-up broadcast")
+    if world.is_root:
+        _write_run_files(cfg, run_dir, r.base_lr)
+        log.info("%s: %d ranks x batch %d, lr %.4g, %s on %s, %d train / %d val samples, %d classes; planned compute %.3f",
+                 cfg.strategy, world.size, cfg.data.batch_size, r.base_lr, cfg.model_name, r.precision.device,
+                 len(r.universe), len(r.val_cat), r.train_cat.num_classes, r.plan.compute_ratio)
+        if len(r.excluded):
+            log.warning("skipping %d bad training sample(s) (--on-bad-sample skip); see verify-data", len(r.excluded))
+        _warn_about_setup(r)
+
+    from dap_hvd.metrics import Metrics
+    r.metrics = Metrics(rank=world.rank, local_rank=world.local_rank, run_id=state.run_id, port=cfg.metrics_port,
+                        host=cfg.metrics_host, pushgateway=cfg.pushgateway)
+    r.metrics.skipped.inc(len(r.excluded))
+    try:
+        last = min(cfg.schedule.epochs, cfg.stop_after or cfg.schedule.epochs)
+        for epoch in range(state.epoch + 1, last + 1):
+            _train_epoch(r, state, epoch)
+        if cfg.metrics_port and cfg.metrics_linger:
+            time.sleep(cfg.metrics_linger)  # let Prometheus take a last scrape of the final values
+    except KeyboardInterrupt:
+        raise Interrupted(state.epoch) from None
+    finally:
+        r.metrics.close()
+    state.replicas["end"] = dist.check_replicas(r.model, r.scaler, when="end of training")
+    summary = _summary(r, state)
+    if world.is_root:
+        _write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _check_out_dir(cfg: TrainConfig, world: dist.World, run_dir: Path) -> None:
+    """A run folder that cannot be written stops every rank at once, with the flag named."""
+    problem = None
+    if world.is_root:
+        flag = "--resume" if cfg.resume else "--out"
+        try:
+            if run_dir.exists() and not run_dir.is_dir():
+                problem = f"{flag}: {run_dir} is a file, not a folder"
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=run_dir):
+                    pass
+        except OSError as e:
+            problem = f"{flag}: cannot write to {run_dir}: {e.strerror or e}"
+    verdict = dist.broadcast_json({"error": problem}, name="out.verdict")
+    if verdict["error"]:
+        raise DapError(verdict["error"])
+
+
+def _warn_about_setup(r: Run) -> None:
+    cfg = r.cfg
+    if cfg.strategy != "full" and cfg.schedule.warmup >= cfg.schedule.epochs:
+        log.warning("--warmup %d >= --epochs %d: every epoch is warm-up, so nothing is ever dropped (DaP is off)",
+                    cfg.schedule.warmup, cfg.schedule.epochs)
+    shard = math.ceil(len(r.universe) / r.world.size)
+    if cfg.data.batch_size > shard:
+        log.warning("--batch-size %d is larger than each rank's shard (%d samples): every epoch is one partial "
+                    "step per rank", cfg.data.batch_size, shard)
+
+
+def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
     device = _pin_device(world)
-    torch.manual_seed(cfg.seed)
+    # Each rank its own stream (dropout masks must differ across ranks); the model's initial
+    # weights come from rank 0 by broadcast, so they need no common seed.
+    torch.manual_seed(_seed(cfg.seed, 0, world.rank))
     strategy = get_strategy(cfg.strategy)
 
     # ---- data: the embedded sample set is generated once per node on first use
-    root = cfg.data_root
-    if cfg.data.root is None:
-        if world.local_rank == 0:
-            from dap_hvd.sample_data import make_sample_data
-            make_sample_data(root)
-        dist.barrier()
+    root = ensure_data(cfg, world)
     train_cat = load_catalog(root, "train", cfg.data.train_list)
-    val_cat = load_catalog(root, "val", cfg.data.val_list)
-    if val_cat.num_classes > train_cat.num_classes:
-        raise DataError(f"{val_cat.root}: {val_cat.num_classes} classes, but train has {train_cat.num_classes}")
-    excluded = _bad_samples(cfg, world, train_cat) if cfg.data.on_bad_sample == "skip" else np.zeros(0, np.int64)
+    val_cat = load_catalog(root, "val", cfg.data.val_list).labelled_by(train_cat.classes, str(train_cat.root))
+    # Global indices must mean the same image on every rank (per-node dataset copies can differ).
+    dist.check_same_dataset("train", train_cat.digest(), train_cat.paths)
+    dist.check_same_dataset("val", val_cat.digest(), val_cat.paths)
+    skip = cfg.data.on_bad_sample == "skip"
+    excluded = _bad_samples(cfg, world, train_cat) if skip else np.zeros(0, np.int64)
+    val_excluded = _bad_samples(cfg, world, val_cat, "val") if skip else np.zeros(0, np.int64)
     universe = np.setdiff1d(np.arange(len(train_cat), dtype=np.int64), excluded)
+    val_usable = np.setdiff1d(np.arange(len(val_cat), dtype=np.int64), val_excluded)
     if len(universe) == 0:
         raise DataError(f"{train_cat.root}: no usable training samples")
-    class_of = torch.from_numpy(train_cat.labels).to(device)
-    val_class_of = torch.from_numpy(val_cat.labels).to(device)
+    if len(val_usable) == 0:
+        raise DataError(f"{val_cat.root}: no usable validation samples")
 
     # ---- model, recipe (Bag of Tricks), Horovod optimizer
     model = build_model(cfg.model_name, train_cat.num_classes, zero_gamma=cfg.optim.zero_gamma)
@@ -108,78 +266,75 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path) -> dict:
     # rejects non-contiguous tensors in broadcast and allreduce (horovod#3491), so parameters and
     # gradients stay NCHW-contiguous; a channels_last input still makes PyTorch pick NHWC kernels.
     model = model.to(device)
-    global_batch = cfg.data.batch_size * world.size
-    base_lr = cfg.base_lr(global_batch)  # linear scaling with the global batch
+    base_lr = cfg.base_lr(cfg.data.batch_size * world.size)  # linear scaling with the global batch
     optimizer = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay, cfg.optim.no_bias_decay),
                                 lr=base_lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
     optimizer = dist.distributed_optimizer(optimizer, model, cfg.optim.fp16_allreduce)
     scaler = torch.amp.GradScaler(device.type) if precision.amp_dtype == torch.float16 else None
-    criterion = torch.nn.CrossEntropyLoss(reduction="none", label_smoothing=cfg.optim.label_smoothing)
 
-    # ---- the plan fixes every epoch's step count, so the LR schedule can be keyed to global steps
+    # ---- the plan fixes every epoch's step count: the LR is keyed to positions in it
     sched = cfg.schedule if strategy.name != "full" else replace(cfg.schedule, keep=1.0)
     the_plan = plan(sched, num_samples=len(universe))
     epoch_steps = [math.ceil(math.ceil(e.size / world.size) / cfg.data.batch_size) for e in the_plan.epochs]
+    planned = [e.size for e in the_plan.epochs]
     if cfg.max_steps_per_epoch:
         epoch_steps = [min(s, cfg.max_steps_per_epoch) for s in epoch_steps]
-    lr_schedule = build_lr_schedule(base_lr=base_lr, epoch_steps=epoch_steps, warmup_epochs=cfg.lr_warmup_epochs,
-                                    full_epoch_steps=epoch_steps[0], lr_steps=cfg.lr_steps, mode=cfg.optim.lr_schedule)
-
-    # ---- resume (rank 0 reads, everyone receives), then one broadcast of the training state
-    state = _resume(cfg, world, run_dir, model, optimizer, scaler, universe)
-    state.planned_compute = the_plan.compute_ratio
-    dist.broadcast_training_state(model, optimizer)
-    if world.is_root:
-        _write_run_files(cfg, run_dir)
-        log.info("%s: %d ranks x batch %d, lr %.4g, %s on %s, %d train / %d val samples, %d classes; planned compute %.3f",
-                 cfg.strategy, world.size, cfg.data.batch_size, base_lr, cfg.model_name, device,
-                 len(universe), len(val_cat), train_cat.num_classes, the_plan.compute_ratio)
-        if len(excluded):
-            log.warning("skipping %d bad training sample(s) (--on-bad-sample skip); see verify-data", len(excluded))
-
-    from dap_hvd.metrics import Metrics
-    metrics = Metrics(rank=world.rank, local_rank=world.local_rank, run_id=state.run_id, port=cfg.metrics_port,
-                      host=cfg.metrics_host, pushgateway=cfg.pushgateway)
-    metrics.skipped.inc(len(excluded))
-    try:
-        last = min(cfg.schedule.epochs, cfg.stop_after or cfg.schedule.epochs)
-        for epoch in range(state.epoch + 1, last + 1):
-            _train_epoch(cfg, world, run_dir, epoch, state, strategy, train_cat, val_cat, universe, class_of,
-                         val_class_of, model, optimizer, scaler, criterion, lr_schedule, precision, metrics, excluded)
-        if cfg.metrics_port and cfg.metrics_linger:
-            time.sleep(cfg.metrics_linger)  # let Prometheus take a last scrape of the final values
-    finally:
-        metrics.close()
-    summary = _summary(cfg, world, state, len(universe), len(excluded))
-    if world.is_root:
-        _write_json(run_dir / "summary.json", summary)
-    return summary
+        cap = cfg.max_steps_per_epoch * cfg.data.batch_size * world.size
+        planned = [min(n, cap) for n in planned]
+    starts = [0]
+    for s in epoch_steps:
+        starts.append(starts[-1] + s)
+    return Run(cfg=cfg, world=world, run_dir=run_dir, precision=precision, strategy=strategy, train_cat=train_cat,
+               val_cat=val_cat, universe=universe, excluded=excluded, val_usable=val_usable,
+               dataset_digest=train_cat.digest(excluded), class_of=torch.from_numpy(train_cat.labels).to(device),
+               val_class_of=torch.from_numpy(val_cat.labels).to(device), model=model, optimizer=optimizer,
+               scaler=scaler, base_lr=base_lr, plan=the_plan, epoch_starts=starts, planned_samples=planned,
+               lr_schedule=_lr_schedule(cfg, base_lr, epoch_steps))
 
 
-def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_cat: Catalog, val_cat: Catalog,
-                 universe, class_of, val_class_of, model, optimizer, scaler, criterion, lr_schedule, precision,
-                 metrics, excluded) -> None:
+def ensure_data(cfg: TrainConfig, world: dist.World) -> Path:
+    """The data root; the embedded sample set is generated once per node on first use."""
+    if cfg.data.root is None:
+        if world.local_rank == 0:
+            from dap_hvd.sample_data import make_sample_data
+            make_sample_data(cfg.data_root)
+        dist.barrier()
+    return cfg.data_root
+
+
+def _lr_schedule(cfg: TrainConfig, base_lr: float, epoch_steps: list):
+    return build_lr_schedule(base_lr=base_lr, epoch_steps=epoch_steps, warmup_epochs=cfg.lr_warmup_epochs,
+                             full_epoch_steps=epoch_steps[0], lr_steps=cfg.lr_steps, mode=cfg.optim.lr_schedule)
+
+
+def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
+    cfg, world = r.cfg, r.world
     t0 = time.perf_counter()
     selection = state.selection
     decision = decide(cfg.schedule, state.dap, epoch)
+    final = epoch == cfg.schedule.epochs  # nothing trains after it: no merge, no selection
     # Losses are only needed when this epoch ends in a drop; other epochs record nothing.
-    wants_losses = decision.action == DROP and strategy.needs_losses
+    wants_losses = decision.action == DROP and r.strategy.needs_losses and not final
     shard = shard_for_rank(selection, epoch=epoch, seed=cfg.seed, rank=world.rank, world=world.size,
                            batch_size=cfg.data.batch_size)
-    ledger = LossLedger(selection, precision.device) if wants_losses else None
-    loader = make_loader(cfg.data.loader, _spec(cfg, train_cat, shard.indices, shard.encoded_labels(), True,
-                                                _seed(cfg.seed, epoch, world.rank), precision.device, world))
-    progress = _Progress(epoch, cfg.schedule.epochs, shard.steps, world.size, len(selection) / len(universe)) \
+    ledger = LossLedger(selection, r.precision.device) if wants_losses else None
+    progress = _Progress(epoch, cfg.schedule.epochs, shard.steps, world.size, len(selection) / len(r.universe)) \
         if world.is_root and cfg.progress else None
+    loader = None
+    note_loader(cfg.data_root, "train", cfg.data.train_list, shard.indices)
     try:
-        stats = train_one_epoch(model=model, loader=loader, optimizer=optimizer, criterion=criterion,
-                                lr_schedule=lr_schedule, global_step=state.global_step, class_of=class_of,
-                                precision=precision, ledger=ledger, scaler=scaler, max_steps=cfg.max_steps_per_epoch,
-                                progress=progress, metrics=metrics)
+        loader = make_loader(cfg.data.loader, _spec(cfg, r.train_cat, shard.indices, shard.encoded_labels(), True,
+                                                    _seed(cfg.seed, epoch, world.rank), r.precision.device, world))
+        stats = train_one_epoch(model=r.model, loader=loader, optimizer=r.optimizer,
+                                label_smoothing=cfg.optim.label_smoothing, lr_schedule=r.lr_schedule,
+                                global_step=r.epoch_starts[epoch - 1], class_of=r.class_of, precision=r.precision,
+                                ledger=ledger, scaler=r.scaler, max_steps=cfg.max_steps_per_epoch,
+                                progress=progress, metrics=r.metrics)
     except (BadSampleError, LoaderError) as e:
-        raise _explain_bad_data(e, world, train_cat, shard.indices) from None
+        raise _explain_bad_data(e, world, r.train_cat, shard.indices) from None
     finally:
-        loader.close()
+        if loader is not None:
+            loader.close()
         if progress:
             progress.close()
     if stats.steps != shard.steps and not cfg.max_steps_per_epoch:
@@ -187,8 +342,11 @@ def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_ca
 
     # ---- the schedule's decision: drop (merge, select on rank 0, broadcast) or pick
     t_sel, sel_bytes = time.perf_counter(), 0
+    after = decision.action
     if decision.action == PICK:
-        state.selection = universe
+        state.selection = r.universe
+    elif decision.action == DROP and final:
+        after = "end"
     elif decision.action == DROP:
         losses = None
         if wants_losses:
@@ -198,10 +356,8 @@ def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_ca
             losses, sel_bytes = merged.losses, merged.bytes_sent
         chosen = None
         if world.is_root:
-            picked = strategy.select(selection, losses, keep_count(len(selection), cfg.schedule.keep),
-                                     seed=cfg.seed, epoch=epoch)
-            if picked.weights is not None:  # soft pruning (InfoBatch-style) needs the weights broadcast too
-                raise ConfigError(f"--strategy {strategy.name}: per-sample weights are not supported by the trainer yet")
+            picked = r.strategy.select(selection, losses, keep_count(len(selection), cfg.schedule.keep),
+                                       seed=cfg.seed, epoch=epoch)
             chosen = picked.indices
         state.selection = dist.broadcast_indices(chosen, name=f"select.{epoch}")
         sel_bytes += 8 * len(state.selection) * (world.size - 1) if world.is_root else 0
@@ -212,64 +368,85 @@ def _train_epoch(cfg, world, run_dir, epoch, state: RunState, strategy, train_ca
     totals = dist.allreduce_sum(torch.tensor([stats.samples, stats.loss_sum, stats.loss_count], dtype=torch.float64),
                                 name=f"epoch.{epoch}.totals")
     samples, loss_sum, loss_count = int(totals[0]), float(totals[1]), max(1.0, float(totals[2]))
-    top1 = top5 = None
+    # One model on every rank from here: what is evaluated is what is saved.
+    dist.average_batchnorm(r.model)
+    acc = None
     if epoch % cfg.eval_every == 0 or epoch in (cfg.schedule.epochs, cfg.stop_after):
-        top1, top5 = _evaluate(cfg, world, epoch, model, val_cat, val_class_of, precision)
-    state.epoch, state.global_step = epoch, stats.global_step
+        acc = evaluate_split(cfg, world, epoch, r.model, r.val_cat, r.val_class_of, r.precision, r.val_usable)
+    state.epoch = epoch
     state.samples_trained += samples
     seconds = time.perf_counter() - t0
     state.wall_seconds += seconds
     padding = len(shard.indices) * world.size - len(selection)  # wrap-around duplicates, all ranks
     record = dict(epoch=epoch, samples=samples, subset=int(len(selection)), padding=padding,
                   selection_digest=selection_digest(selection), train_loss=loss_sum / loss_count,
-                  lr=stats.last_lr, top1=top1, top5=top5, seconds=seconds, train_seconds=stats.seconds,
-                  data_wait_seconds=stats.data_seconds,
-                  after=decision.action, selection_seconds=sel_seconds)
+                  lr=stats.last_lr, top1=None if acc is None else acc.top1,
+                  top5=None if acc is None else acc.top5, seconds=seconds,
+                  train_seconds=stats.seconds, data_wait_seconds=stats.data_seconds, world_size=world.size,
+                  after=after, selection_seconds=sel_seconds)
     state.history.append(record)
-
-    compute_so_far = state.samples_trained / (len(universe) * epoch)
-    metrics.samples.inc(stats.samples)
-    metrics.images_per_second.set(stats.samples / max(stats.seconds, 1e-9))
-    metrics.loss.set(record["train_loss"])
-    metrics.lr.set(stats.last_lr)
-    metrics.epoch.set(epoch)
-    metrics.subset_size.set(len(selection))
-    metrics.kept_fraction.set(len(selection) / len(universe))
-    metrics.compute_ratio.set(compute_so_far)
-    if decision.action == DROP:
-        metrics.selection_seconds.observe(sel_seconds)
-        metrics.selection_bytes.inc(sel_bytes)
-    if top1 is not None:
-        metrics.top1.set(top1)
-        metrics.top5.set(top5)
+    _publish(r, state, record, stats, decision.action == DROP and not final, sel_seconds, sel_bytes)
+    # RNG streams of every rank go into rank 0's checkpoint (a collective: every rank takes part).
+    rng = _gather_rng(world)
     if world.is_root:
         log.info("epoch %d/%d: %d samples (%.1f%% of data)%s, loss %.4f, lr %.4g%s, %.1fs; next: %s",
-                 epoch, cfg.schedule.epochs, samples, 100 * len(selection) / len(universe),
-                 "" if not padding else f" +{padding} pad",
-                 record["train_loss"], stats.last_lr,
-                 "" if top1 is None else f", top1 {top1:.4f} top5 {top5:.4f}", seconds,
-                 {DROP: f"drop to {len(state.selection)}", PICK: "pick all data"}.get(decision.action, "same subset"))
+                 epoch, cfg.schedule.epochs, samples, 100 * len(selection) / len(r.universe),
+                 "" if not padding else f" +{padding} pad", record["train_loss"], stats.last_lr,
+                 "" if acc is None else f", top1 {acc.top1:.4f} top5 {acc.top5:.4f}", seconds,
+                 {DROP: f"drop to {len(state.selection)}", PICK: "pick all data", "end": "end of run"}.get(
+                     after, "same subset"))
         t_ck = time.perf_counter()
-        save_checkpoint(run_dir, epoch, _checkpoint_payload(cfg, state, model, optimizer, scaler, excluded, len(universe)),
-                        cfg.keep_checkpoints)
-        metrics.checkpoint_seconds.observe(time.perf_counter() - t_ck)
-        _write_json(run_dir / "summary.json", _summary(cfg, world, state, len(universe), len(excluded)))
-    metrics.push()
+        save_checkpoint(r.run_dir, epoch, _checkpoint_payload(r, state, rng), cfg.keep_checkpoints)
+        r.metrics.checkpoint_seconds.observe(time.perf_counter() - t_ck)
+        _write_json(r.run_dir / "summary.json", _summary(r, state))
+    r.metrics.push()
 
 
-def _evaluate(cfg, world, epoch, model, val_cat, val_class_of, precision):
-    shard = shard_for_rank(np.arange(len(val_cat), dtype=np.int64), epoch=0, seed=cfg.seed, rank=world.rank,
-                           world=world.size, batch_size=cfg.data.batch_size)
-    loader = make_loader(cfg.data.loader, _spec(cfg, val_cat, shard.indices, shard.encoded_labels(), False,
-                                                cfg.seed, precision.device, world))
+def _publish(r: Run, state: RunState, record: dict, stats, dropped: bool, sel_seconds: float, sel_bytes: int) -> None:
+    m = r.metrics
+    m.samples.inc(stats.samples)
+    m.images_per_second.set(stats.samples / max(stats.seconds, 1e-9))
+    m.loss.set(record["train_loss"])
+    m.lr.set(stats.last_lr)
+    m.epoch.set(record["epoch"])
+    m.subset_size.set(record["subset"])
+    m.kept_fraction.set(record["subset"] / len(r.universe))
+    m.compute_ratio.set(state.samples_trained / (len(r.universe) * state.epoch))
+    if dropped:
+        m.selection_seconds.observe(sel_seconds)
+        m.selection_bytes.inc(sel_bytes)
+    if record["top1"] is not None:
+        m.top1.set(record["top1"])
+        m.top5.set(record["top5"])
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    top1: float
+    top5: float
+    samples: int
+
+
+def evaluate_split(cfg, world, epoch, model, val_cat, val_class_of, precision,
+                   usable: Optional[np.ndarray] = None) -> Accuracy:
+    """Top-1/top-5 over the split (its `usable` indices, default all): each rank scores its
+    shard, and the counts are summed."""
+    usable = np.arange(len(val_cat), dtype=np.int64) if usable is None else usable
+    shard = shard_for_rank(usable, epoch=0, seed=cfg.seed, rank=world.rank, world=world.size,
+                           batch_size=cfg.data.batch_size)
+    loader = None
+    note_loader(cfg.data_root, "val", cfg.data.val_list, shard.indices)
     try:
+        loader = make_loader(cfg.data.loader, _spec(cfg, val_cat, shard.indices, shard.encoded_labels(), False,
+                                                    cfg.seed, precision.device, world))
         counts = evaluate(model=model, loader=loader, class_of=val_class_of, precision=precision)
     except (BadSampleError, LoaderError) as e:
         raise _explain_bad_data(e, world, val_cat, shard.indices) from None
     finally:
-        loader.close()
+        if loader is not None:
+            loader.close()
     counts = dist.allreduce_sum(counts.cpu(), name=f"eval.{epoch}")
-    return float(counts[0] / counts[2]), float(counts[1] / counts[2])
+    return Accuracy(float(counts[0] / counts[2]), float(counts[1] / counts[2]), int(counts[2]))
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -305,7 +482,7 @@ def _spec(cfg, cat: Catalog, indices, tags, train: bool, seed: int, device, worl
                       device_id=world.local_rank if dali_gpu else None)
 
 
-def _bad_samples(cfg, world, cat: Catalog) -> np.ndarray:
+def _bad_samples(cfg, world, cat: Catalog, split: str = "train") -> np.ndarray:
     """--on-bad-sample skip: every rank checks its share of files; the union is excluded."""
     from dap_hvd.verify import find_bad
 
@@ -314,82 +491,163 @@ def _bad_samples(cfg, world, cat: Catalog) -> np.ndarray:
     bad_paths = {p for p, _ in find_bad(files, workers=cfg.data.workers)}
     bad = np.array([i for i, p in zip(mine, files) if p in bad_paths], dtype=np.int64)
     for i in bad:
-        log.warning("rank %d: skipping bad sample %s", world.rank, cat.files([i])[0])
-    return np.sort(dist.allgather(torch.from_numpy(bad), name="bad_samples").numpy())
+        log.warning("rank %d: skipping bad %s sample %s", world.rank, split, cat.files([i])[0])
+    return np.sort(dist.allgather(torch.from_numpy(bad), name=f"bad_samples.{split}").numpy())
 
 
 def _explain_bad_data(e: Exception, world, cat: Catalog, indices: np.ndarray) -> DataError:
     from dap_hvd.verify import find_bad
 
     hint = "run `dap-hvd verify-data` on the dataset, or train with --on-bad-sample skip"
-    if isinstance(e, BadSampleError) and e.tag != -1:
+    if isinstance(e, BadSampleError) and e.tag is not None:
         idx = e.tag if e.tag >= 0 else -e.tag - 1
         return DataError(f"rank {world.rank}: cannot decode {cat.files([idx])[0]}: {e.reason}; {hint}")
     bad = find_bad(cat.files(np.unique(indices)))
     if bad:
         listed = "; ".join(f"{p}: {r}" for p, r in bad[:5])
-        return DataError(f"rank {world.rank}: bad file(s) in this rank's shard: {listed}; {hint}")
-    return DataError(f"rank {world.rank}: the data loader failed: {e}")
+        err = DataError(f"rank {world.rank}: bad file(s) in this rank's shard: {listed}; {hint}")
+    else:
+        err = DataError(f"rank {world.rank}: the data loader failed: {e}")
+    err.unclean = bool(getattr(e, "broken", False))
+    return err
 
 
-def _resume(cfg, world, run_dir, model, optimizer, scaler, universe) -> RunState:
-    state = RunState(selection=universe, dap=initial_state(cfg.schedule), history=[],
-                     run_id=cfg.run_id or f"{run_dir.name}-{int(time.time())}")
-    meta = None
+def _resume(r: Run) -> RunState:
+    """A fresh state, or the checkpoint's. Rank 0 reads and checks it; every rank receives the
+    verdict, so a refused resume fails all ranks together instead of leaving them in a broadcast."""
+    cfg, world = r.cfg, r.world
+    state = RunState(selection=r.universe, dap=initial_state(cfg.schedule),
+                     run_id=cfg.run_id or f"{r.run_dir.name}-{int(time.time())}")
+    meta, ckpt, problem = None, None, None
     if world.is_root and cfg.resume:
-        ckpt = load_latest(run_dir)
-        if ckpt is None:
-            raise DapError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        meta = json.loads(ckpt["state"])
-        meta["selection"] = ckpt["selection"].numpy()
-        if len(universe) != meta["num_samples"]:
-            raise DapError(f"--resume: the dataset changed since {run_dir} was written "
-                           f"({meta['num_samples']} usable samples then, {len(universe)} now)")
+        try:
+            ckpt = load_latest(r.run_dir, warn=log.warning)
+            if ckpt is None:
+                raise DapError(f"--resume: no checkpoint in {r.run_dir / 'checkpoints'}")
+            meta = json.loads(ckpt["state"])
+            _check_compatible(r, meta)
+            r.model.load_state_dict(ckpt["model"])
+            r.optimizer.load_state_dict(ckpt["optimizer"])
+            if r.scaler is not None and ckpt.get("scaler"):
+                r.scaler.load_state_dict(ckpt["scaler"])
+        except DapError as e:
+            problem = str(e)
+    if cfg.resume:
+        verdict = dist.broadcast_json({"error": problem}, name="resume.verdict")
+        if verdict["error"]:
+            raise DapError(verdict["error"])
     # Ranks other than 0 learn the resume point from rank 0 (Horovod's ImageNet example pattern).
-    shared = dist.broadcast_json(None if meta is None else {k: v for k, v in meta.items() if k != "selection"},
-                                 name="resume.meta")
+    shared = dist.broadcast_json(None if meta is None else meta, name="resume.meta")
     if shared is None:
-        shared = dist.broadcast_json({"run_id": state.run_id}, name="resume.run_id")
-        state.run_id = shared["run_id"]
+        state.run_id = dist.broadcast_json({"run_id": state.run_id}, name="resume.run_id")["run_id"]
         return state
-    state.selection = dist.broadcast_indices(meta["selection"] if meta else None, name="resume.selection")
-    state.epoch, state.global_step = shared["epoch"], shared["global_step"]
+    state.selection = dist.broadcast_indices(ckpt["selection"].numpy() if world.is_root else None,
+                                             name="resume.selection")
+    state.epoch = shared["epoch"]
     state.dap = DapState(**shared["dap"])
     state.history, state.samples_trained = shared["history"], shared["samples_trained"]
     state.wall_seconds, state.run_id = shared["wall_seconds"], shared["run_id"]
-    if state.epoch >= cfg.schedule.epochs and world.is_root:
-        log.info("resume: %s already finished %d epochs; pass a larger --epochs to extend it", run_dir, state.epoch)
+    _restore_rng(world, ckpt, shared)
+    old_gb, old_ws, new_gb = shared.get("global_batch"), shared.get("world_size"), cfg.data.batch_size * world.size
+    if old_gb is not None and old_gb != new_gb:
+        # The run's LR was set for its global batch; the linear rule carries it to the new one.
+        # The schedule is rebuilt on the new step counts, so decays stay at the same epochs.
+        r.base_lr = shared["base_lr"] * new_gb / old_gb
+        epoch_steps = [b - a for a, b in zip(r.epoch_starts, r.epoch_starts[1:])]
+        r.lr_schedule = _lr_schedule(cfg, r.base_lr, epoch_steps)
+    if world.is_root:
+        if old_gb is not None and (old_ws, old_gb) != (world.size, new_gb):
+            log.warning("resume: %d ranks x batch %d now, %d x %d before: LR %.4g -> %.4g (linear rule in the "
+                        "global batch); LR decays stay after epoch(s) %s", world.size, cfg.data.batch_size, old_ws,
+                        old_gb // max(1, old_ws), shared["base_lr"], r.base_lr,
+                        ",".join(map(str, cfg.lr_steps)) or "(none)")
+        if state.epoch >= cfg.schedule.epochs:
+            log.info("resume: %s already finished %d epochs; pass a larger --epochs to extend it", r.run_dir, state.epoch)
+        elif state.history and state.history[-1].get("after") == "end":
+            log.warning("resume: epoch %d was the final one, so the drop due after it was not made; the "
+                        "extension continues with its %d samples", state.epoch, len(state.selection))
     return state
 
 
-def _checkpoint_payload(cfg, state: RunState, model, optimizer, scaler, excluded, num_samples: int) -> dict:
-    meta = dict(epoch=state.epoch, global_step=state.global_step, dap=dict(t_start=state.dap.t_start,
-                t_prev=state.dap.t_prev), history=state.history, samples_trained=state.samples_trained,
-                wall_seconds=state.wall_seconds, run_id=state.run_id, strategy=cfg.strategy, seed=cfg.seed,
-                excluded=int(len(excluded)), num_samples=int(num_samples))
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {},
+def _check_compatible(r: Run, meta: dict) -> None:
+    """What may change on resume: the world size and per-rank batch (the LR follows the global
+    batch), and a larger --epochs. What may not: anything that changes what the finished epochs
+    mean (schedule, LR decays, model, strategy, seed, dataset)."""
+    cfg = r.cfg
+    old_sched = dict(meta.get("schedule") or {})
+    new_sched = cfg.schedule.to_dict()
+    changed = []
+    for key in ("warmup", "interval", "keep", "active", "reuse"):
+        if key in old_sched and old_sched[key] != new_sched[key]:
+            changed.append((f"schedule {key} (--{key})", old_sched[key], new_sched[key]))
+    for key, new in (("lr_steps", list(cfg.lr_steps)), ("model", cfg.model_name), ("strategy", cfg.strategy),
+                     ("seed", cfg.seed), ("dataset_digest", r.dataset_digest)):
+        if key in meta and meta[key] != new:
+            changed.append((key, meta[key], new))
+    if changed:
+        what = "; ".join(f"{k}: {o!r} then, {n!r} now" for k, o, n in changed)
+        extra = ""
+        if any(k == "dataset_digest" for k, _, _ in changed):
+            extra = f" ({meta.get('num_samples')} usable training samples then, {len(r.universe)} now)"
+        raise DapError(f"--resume: {r.run_dir} cannot continue with a different setup: {what}{extra}")
+    if meta["epoch"] > cfg.schedule.epochs:
+        raise DapError(f"--resume: {r.run_dir} already finished {meta['epoch']} epochs, more than --epochs "
+                       f"{cfg.schedule.epochs}")
+
+
+def _gather_rng(world: dist.World) -> dict:
+    """Every rank's CPU (and CUDA) generator state, stacked by rank."""
+    out = {"rng": dist.gather_rows(torch.get_rng_state(), name="rng.cpu")}
+    if torch.cuda.is_available():
+        out["cuda_rng"] = dist.gather_rows(torch.cuda.get_rng_state(), name="rng.cuda")
+    return out
+
+
+def _restore_rng(world: dist.World, ckpt: Optional[dict], shared: dict) -> None:
+    """Each rank gets its own generator state back when the world size is unchanged; on another
+    world size the ranks keep their (seed, rank) streams."""
+    for key, setter in (("rng", torch.set_rng_state),
+                        ("cuda_rng", torch.cuda.set_rng_state if torch.cuda.is_available() else None)):
+        if key not in shared.get("rng_keys", []):
+            continue
+        rows = dist.broadcast_tensor(ckpt[key] if world.is_root else None, name=f"resume.{key}")
+        if setter is not None and rows.shape[0] == world.size:
+            setter(rows[world.rank].clone())
+
+
+def _checkpoint_payload(r: Run, state: RunState, rng: dict) -> dict:
+    cfg = r.cfg
+    meta = dict(epoch=state.epoch, dap=dict(t_start=state.dap.t_start, t_prev=state.dap.t_prev),
+                history=state.history, samples_trained=state.samples_trained, wall_seconds=state.wall_seconds,
+                run_id=state.run_id, strategy=cfg.strategy, seed=cfg.seed, model=cfg.model_name,
+                schedule=cfg.schedule.to_dict(), lr_steps=list(cfg.lr_steps), world_size=r.world.size,
+                global_batch=cfg.data.batch_size * r.world.size, base_lr=r.base_lr,
+                dataset_digest=r.dataset_digest, num_samples=int(len(r.universe)), excluded=int(len(r.excluded)),
+                classes=list(r.train_cat.classes), rng_keys=sorted(rng), config=_resolved_config(cfg, r.base_lr))
+    return {"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
+            "scaler": r.scaler.state_dict() if r.scaler is not None else {},
             "selection": torch.from_numpy(np.asarray(state.selection, dtype=np.int64)),
-            "excluded": torch.from_numpy(np.asarray(excluded, dtype=np.int64)),
-            "torch_rng": torch.get_rng_state(), "state": json.dumps(meta)}
+            "excluded": torch.from_numpy(np.asarray(r.excluded, dtype=np.int64)),
+            "state": json.dumps(meta), **rng}
 
 
-def _summary(cfg, world, state: RunState, num_samples: int, skipped: int) -> dict:
+def _summary(r: Run, state: RunState) -> dict:
+    cfg, n = r.cfg, len(r.universe)
     evals = [h for h in state.history if h["top1"] is not None]
+    done = max(1, state.epoch)
     return {
-        "strategy": cfg.strategy, "model": cfg.model_name, "run_id": state.run_id, "world_size": world.size,
-        "global_batch": cfg.data.batch_size * world.size, "num_samples": num_samples, "skipped_bad_samples": skipped,
-        "schedule": cfg.schedule.to_dict(),
-        "compute_ratio_planned": state.planned_compute,
-        "compute_ratio_measured": state.samples_trained / (num_samples * cfg.schedule.epochs),
+        "strategy": cfg.strategy, "model": cfg.model_name, "run_id": state.run_id, "world_size": r.world.size,
+        "global_batch": cfg.data.batch_size * r.world.size, "num_samples": n,
+        "skipped_bad_samples": int(len(r.excluded)),
+        "skipped_bad_val_samples": int(len(r.val_cat) - len(r.val_usable)), "schedule": cfg.schedule.to_dict(),
+        "lr_steps": list(cfg.lr_steps), "dataset_digest": r.dataset_digest,
+        # measured and planned over the same completed epochs, so a stopped run is comparable
+        "compute_ratio_measured": state.samples_trained / (n * done),
+        "compute_ratio_planned": sum(r.planned_samples[:done]) / (n * done),
+        "compute_ratio_planned_run": sum(r.planned_samples) / (n * cfg.schedule.epochs),
         "samples_trained": state.samples_trained, "epochs_completed": state.epoch, "epochs": state.history,
         "top1": evals[-1]["top1"] if evals else None, "top5": evals[-1]["top5"] if evals else None,
-        "wall_seconds": state.wall_seconds, "host": socket.gethostname(),
+        "wall_seconds": state.wall_seconds, "host": socket.gethostname(), "replicas": state.replicas,
     }
 
 
@@ -406,12 +664,22 @@ def _archive_previous_run(run_dir: Path) -> Optional[Path]:
     return dest
 
 
-def _write_run_files(cfg: TrainConfig, run_dir: Path) -> None:
+def _resolved_config(cfg: TrainConfig, base_lr: float) -> dict:
+    """The config with every data-dependent default written out, so the file says what ran and
+    means the same wherever it is read (evaluate on another data path, resume)."""
+    d = cfg.to_dict()
+    d["resume"] = d["stop_after"] = None
+    d["model"] = cfg.model_name
+    d["data"].update(image_size=cfg.image_size, val_resize=cfg.val_resize, min_crop_area=cfg.min_crop_area)
+    d["optim"].update(lr=base_lr, lr_steps=list(cfg.lr_steps), lr_warmup_epochs=cfg.lr_warmup_epochs)
+    return d
+
+
+def _write_run_files(cfg: TrainConfig, run_dir: Path, base_lr: float) -> None:
     import yaml
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    d = cfg.to_dict()
-    d["resume"] = d["stop_after"] = None
+    d = _resolved_config(cfg, base_lr)
     d["out"] = str(run_dir)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
 
@@ -422,10 +690,13 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _setup_logging(world: dist.World, run_dir: Path) -> None:
-    fmt = logging.Formatter("%(asctime)s [rank %(rank)s] %(levelname)s %(message)s", "%H:%M:%S")
+_FORMAT = logging.Formatter("%(asctime)s [rank %(rank)s] %(levelname)s %(message)s", "%H:%M:%S")
+
+
+def _setup_logging(world: dist.World) -> None:
     logger = logging.getLogger("dap_hvd")
     logger.handlers.clear()
+    logger.filters.clear()
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
@@ -434,42 +705,46 @@ def _setup_logging(world: dist.World, run_dir: Path) -> None:
             record.rank = world.rank
             return True
 
+    logger.addFilter(_Rank())
     out = logging.StreamHandler(sys.stdout)
-    out.setFormatter(fmt)
-    out.addFilter(_Rank())
+    out.setFormatter(_FORMAT)
     # Other ranks speak only for warnings; rank 0 tells the story, and alone writes the log file.
     out.setLevel(logging.INFO if world.is_root else logging.WARNING)
     logger.addHandler(out)
-    if world.is_root:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(run_dir / "train.log")
-        fh.setFormatter(fmt)
-        fh.addFilter(_Rank())
-        logger.addHandler(fh)
+
+
+def _log_to_file(world: dist.World, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(run_dir / "train.log")
+    fh.setFormatter(_FORMAT)
+    logging.getLogger("dap_hvd").addHandler(fh)
 
 
 class _Progress:
     """Rank 0's progress bar: images/s, loss, kept fraction. On a terminal it redraws in place
-    twice a second; under horovodrun/mpirun/SLURM (a pipe) it prints a line every 15 s. Only a
-    redraw reads the loss from the device, never every step."""
+    twice a second; under horovodrun/mpirun/SLURM (a pipe) it prints a line every 15 s, and at
+    least one per epoch, so short epochs show their rate too. Only a redraw reads the loss from
+    the device, never every step."""
 
     def __init__(self, epoch, epochs, steps, world_size, kept):
         self.epoch, self.epochs, self.steps, self.world, self.kept = epoch, epochs, steps, world_size, kept
         self.t0 = self.last = time.perf_counter()
         self.images = 0
+        self.printed = False
         self.tty = sys.stdout.isatty()
         self.every = 0.5 if self.tty else 15.0
 
     def update(self, step, n, loss_sum, loss_count, lr):
         self.images += n * self.world
         now = time.perf_counter()
-        if now - self.last < self.every or (not self.tty and step == self.steps):
+        last_step = step == self.steps
+        if now - self.last < self.every and not (last_step and not self.printed):
             return
-        self.last = now
+        self.last, self.printed = now, True
         loss = float(loss_sum) / max(1, int(loss_count))
         bar = "#" * int(20 * step / self.steps)
         line = (f"epoch {self.epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps} "
-                f"{self.images / (now - self.t0):.0f} img/s loss {loss:.3f} lr {lr:.3g} kept {self.kept:.1%}")
+                f"{self.images / max(now - self.t0, 1e-9):.0f} img/s loss {loss:.3f} lr {lr:.3g} kept {self.kept:.1%}")
         sys.stdout.write(f"\r{line}" if self.tty else f"{line}\n")
         sys.stdout.flush()
 

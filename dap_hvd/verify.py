@@ -42,6 +42,18 @@ def find_bad(paths: list[str], workers: int = 4) -> list[tuple[str, str]]:
     return [(p, r) for p, r in zip(paths, reasons) if r]
 
 
+def _kind(entry: os.DirEntry) -> str:
+    """dir | file | loop (a link that cannot be followed) | other."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+        return "loop" if entry.is_symlink() else "other"
+    except OSError:  # ELOOP: is_dir() follows the link and raises
+        return "loop"
+
+
 @dataclass
 class Report:
     bad_files: list[tuple[str, str]] = field(default_factory=list)
@@ -71,13 +83,24 @@ def verify_data(root: str, splits=("train", "val"), file_list: Optional[str] = N
     else:
         full = []
         present = [s for s in splits if (rootp / s).is_dir()]
-        if not present:
-            report.bad_lines.append(f"{rootp}: none of the folders {', '.join(splits)} exists")
+        for split in splits:
+            if split not in present:  # training needs both splits: a missing one is a problem too
+                report.bad_lines.append(f"{rootp / split}: missing; expected the ImageNet layout "
+                                        f"{rootp}/{split}/<class>/<image>")
         for split in present:
             for cls in sorted(os.scandir(rootp / split), key=lambda e: e.name):
-                if not cls.is_dir() or cls.name.startswith("."):
+                kind = _kind(cls)
+                if kind != "dir" or cls.name.startswith("."):
+                    if kind == "loop":
+                        report.bad_files.append((cls.path, "unreadable (a symlink loop, or a dangling link)"))
                     continue
-                entries = sorted(e.path for e in os.scandir(cls.path) if e.is_file())
+                entries = []
+                for e in sorted(os.scandir(cls.path), key=lambda e: e.name):
+                    kind = _kind(e)
+                    if kind == "file":
+                        entries.append(e.path)
+                    elif kind == "loop":
+                        report.bad_files.append((e.path, "unreadable (a symlink loop, or a dangling link)"))
                 if not entries:
                     report.empty_classes.append(cls.path)
                 for e in entries:

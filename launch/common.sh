@@ -18,7 +18,12 @@ total_slots() {  # "h1:4,h2:4" or hostfile text -> 8
 
 write_sd() {  # Prometheus file_sd targets for these hosts, so Grafana sees every rank
   if [ "$METRICS_PORT" != "0" ] && [ "$METRICS_PORT" != "off" ]; then
-    "$DAP_HVD" sd-file --hosts "$1" --base-port "$METRICS_PORT" --out "$SD_FILE" --run-id "${RUN_ID:-}" >&2
+    local cmd=("$DAP_HVD" sd-file --hosts "$1" --base-port "$METRICS_PORT" --out "$SD_FILE" --run-id "${RUN_ID:-}")
+    if [ "${DRY_RUN:-0}" = "1" ]; then  # a dry run writes nothing: say what it would write
+      { printf 'would run: '; printf '%q ' "${cmd[@]}"; echo; } >&2
+    else
+      "${cmd[@]}" >&2
+    fi
   fi
 }
 
@@ -31,12 +36,24 @@ nccl_env() {  # sensible defaults; anything already set wins
   fi
 }
 
-run_or_print() {
+run_or_print() {  # DRY_RUN=1: print the command; else run it, and on failure end with dap-hvd's
+                  # own one-line error(s), after whatever traceback the launcher printed
   if [ "${DRY_RUN:-0}" = "1" ]; then
     printf '%q ' "$@"; echo
-  else
-    exec "$@"
+    return 0
   fi
+  local errlog rc
+  errlog=$(mktemp)
+  # stdout straight through (fd 3); stderr through tee, so it is shown live and kept
+  { "$@" 2>&1 1>&3 3>&- | tee "$errlog" >&2; echo "${PIPESTATUS[0]}" > "$errlog.rc"; } 3>&1 || true
+  rc=$(cat "$errlog.rc")
+  rm -f "$errlog.rc"
+  if [ "$rc" -ne 0 ] && grep -q 'dap-hvd [a-z-]*: \(error\|interrupted\)' "$errlog"; then
+    echo "dap-hvd: the job failed (exit $rc):" >&2
+    grep -o 'dap-hvd [a-z-]*: \(error\|interrupted\).*' "$errlog" | awk '!seen[$0]++' >&2
+  fi
+  rm -f "$errlog"
+  return "$rc"
 }
 
 prepare_launch() {  # parse args, write the scrape targets, set NCCL/Gloo env; train flags -> TRAIN_ARGS

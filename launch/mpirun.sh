@@ -15,8 +15,10 @@ cmd=(mpirun -np "$np" --bind-to "${MPI_BIND:-socket}" --map-by "${MPI_MAP:-slot}
      -mca pml ob1 -mca btl ^openib)
 [ "$(id -u)" -eq 0 ] && cmd+=(--allow-run-as-root)
 if [ -n "$hostfile" ]; then cmd+=(--hostfile "$hostfile"); else cmd+=(-H "$hosts"); fi
-for var in PATH LD_LIBRARY_PATH PYTHONPATH DAP_HVD_CACHE OMP_NUM_THREADS HOROVOD_LOG_LEVEL \
-           NCCL_DEBUG NCCL_SOCKET_IFNAME NCCL_IB_DISABLE NCCL_IB_HCA GLOO_SOCKET_IFNAME; do
+# mpirun passes no environment to remote ranks unless told: forward ours, and every HOROVOD_*,
+# NCCL_*, DALI_*, GLOO_* and UCX_* setting.
+for var in PATH LD_LIBRARY_PATH PYTHONPATH DAP_HVD_CACHE OMP_NUM_THREADS CUDA_VISIBLE_DEVICES \
+           $(compgen -e | grep -E '^(HOROVOD|NCCL|DALI|GLOO|UCX)_' || true); do
   [ -n "${!var:-}" ] && cmd+=(-x "$var")
 done
 cmd+=("$DAP_HVD" train --mpi --metrics-port "$METRICS_PORT" "$@")

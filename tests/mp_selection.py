@@ -16,7 +16,7 @@ import torch
 from dap_hvd import DivergedError, dist
 from dap_hvd.ledger import LossLedger
 from dap_hvd.schedule import keep_count
-from dap_hvd.selection import check_finite, get_strategy, select_hardest, selection_digest
+from dap_hvd.selection import check_finite, get_strategy, select_hardest, selection_digest, tie_break_rng
 from dap_hvd.sharding import shard_for_rank
 
 ap = argparse.ArgumentParser()
@@ -49,8 +49,11 @@ try:
     chosen = get_strategy(a.strategy).select(subset, merged.losses, count, seed=9, epoch=4).indices \
         if world.is_root else None
     final = dist.broadcast_indices(chosen, name="sel")
-    expected = select_hardest(subset, global_loss, count) if a.strategy == "dap" else final
+    # one process ranking the global loss vector, with the same seeded tie-break
+    expected = select_hardest(subset, global_loss, count, rng=tie_break_rng(9, 4)) \
+        if a.strategy == "dap" else final
     payload = dict(digest=selection_digest(final), expected=selection_digest(expected), size=len(final),
+                   bytes_sent=merged.bytes_sent, real=int(shard.valid.sum()),
                    steps=shard.steps, padding=shard.num_padding, merged_equal=bool(np.array_equal(merged.losses, global_loss)))
 except DivergedError as e:
     status, payload = "diverged", dict(error=str(e))

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from dap_hvd import DataError
-from dap_hvd.catalog import load_catalog
+from dap_hvd.catalog import first_difference, load_catalog
 
 
 def test_indices_are_stable_and_sorted(tiny_data):
@@ -45,3 +45,44 @@ def test_file_list_rejects_paths_outside_root_and_bad_lines(tiny_data, tmp_path)
 def test_missing_split_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no 'train' folder"):
         load_catalog(tmp_path, "train")
+
+
+def _layout(root, split, classes, per_class=2):
+    for c in classes:
+        d = root / split / c
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            (d / f"{c}{i}.jpg").write_bytes(b"x")
+
+
+def test_validation_labels_follow_class_names_not_folder_positions(tmp_path):
+    _layout(tmp_path, "train", ["ant", "bee", "cat"])
+    _layout(tmp_path, "val", ["ant", "cat"])  # bee missing: fine, but cat must stay class 2
+    train = load_catalog(tmp_path, "train", cache=False)
+    val = load_catalog(tmp_path, "val", cache=False).labelled_by(train.classes, "train")
+    assert dict(zip(val.paths, val.labels.tolist())) == {"ant/ant0.jpg": 0, "ant/ant1.jpg": 0,
+                                                        "cat/cat0.jpg": 2, "cat/cat1.jpg": 2}
+    assert val.classes == train.classes
+    _layout(tmp_path, "val2", ["ant", "dog"])
+    with pytest.raises(DataError, match="dog"):
+        load_catalog(tmp_path, "val2", cache=False).labelled_by(train.classes, "train")
+
+
+def test_dataset_digest_covers_paths_labels_and_exclusions(tmp_path):
+    _layout(tmp_path, "train", ["ant", "bee"])
+    cat = load_catalog(tmp_path, "train", cache=False)
+    base = cat.digest()
+    assert base == load_catalog(tmp_path, "train", cache=False).digest()
+    assert cat.digest(excluded=[1]) != base
+    (tmp_path / "train" / "bee" / "bee1.jpg").rename(tmp_path / "train" / "bee" / "bee9.jpg")
+    other = load_catalog(tmp_path, "train", cache=False)
+    assert other.digest() != base
+    assert "bee/bee9.jpg" in first_difference(other.paths, cat.paths)
+    assert "only on rank 0" in first_difference(cat.paths[:-1], cat.paths)
+
+
+def test_a_symlink_loop_is_a_one_line_data_error(tmp_path):
+    _layout(tmp_path, "train", ["ant"])
+    (tmp_path / "train" / "loop").symlink_to(tmp_path / "train" / "loop")
+    with pytest.raises(DataError, match=r"train/loop: cannot be read .*symlink loop"):
+        load_catalog(tmp_path, "train", cache=False)

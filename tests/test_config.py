@@ -20,9 +20,52 @@ def test_yaml_then_cli_precedence(tmp_path):
         cfg.seed = 3
 
 
-def test_sample_defaults_and_lr_steps_follow_reuse():
+def test_sample_defaults():
     cfg = load_config(None, {"reuse": "4,8", "epochs": 10})
-    assert cfg.model_name == "resnet_small" and cfg.image_size == 32 and cfg.lr_steps == (4, 8)
+    assert cfg.model_name == "resnet_small" and cfg.image_size == 32 and cfg.lr_steps == (8,)
+
+
+@pytest.mark.parametrize("preset,reuse,expected", [
+    ("imagenet", None, (30, 60, 90)), ("cifar10", None, (150, 225)), ("sample", None, (8,)),
+    # a reuse ablation (Table 2(e)) must not change the LR schedule
+    ("imagenet", "", (30, 60, 90)), ("imagenet", "none", (30, 60, 90)), ("imagenet", "60", (30, 60, 90)),
+    ("cifar10", "none", (150, 225)),
+])
+def test_lr_decay_epochs_are_the_presets_own_not_the_reuse_epochs(preset, reuse, expected):
+    cfg = load_config(None, {"preset": preset, "reuse": reuse})
+    assert cfg.lr_steps == expected
+    assert load_config(None, {"preset": preset, "reuse": reuse, "lr_steps": "5,7"}).lr_steps == (5, 7)
+    assert load_config(None, {"preset": preset, "lr_steps": "none"}).lr_steps == ()
+
+
+def test_reuse_none_is_accepted_like_active_none():
+    cfg = load_config(None, {"preset": "cifar10", "reuse": "none", "active": "none"})
+    assert cfg.schedule.reuse == () and cfg.schedule.active is None
+
+
+def test_a_preset_value_that_conflicts_with_a_flag_names_both():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"epochs": 4})  # the sample preset reuses after epoch 8
+    msg = str(e.value)
+    assert "'sample' preset" in msg and "8" in msg and "--epochs 4" in msg and "--reuse" in msg
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"epochs": 4, "reuse": "none"})  # ... and decays the LR after epoch 8
+    msg = str(e.value)
+    assert "'sample' preset" in msg and "8" in msg and "--lr-steps" in msg and "--epochs 4" in msg
+    assert load_config(None, {"epochs": 4, "reuse": "none", "lr_steps": "3"}).lr_steps == (3,)
+
+
+def test_capped_epochs_are_refused_for_loss_driven_selection():
+    with pytest.raises(ConfigError, match=r"--max-steps-per-epoch.*--strategy dap"):
+        load_config(None, {"max_steps_per_epoch": 2})
+    assert load_config(None, {"max_steps_per_epoch": 2, "strategy": "random"}).max_steps_per_epoch == 2
+
+
+def test_a_yaml_section_of_the_wrong_type_is_named(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("optim: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"'optim' must be a mapping"):
+        load_config(str(y))
 
 
 @pytest.mark.parametrize("overrides,needle", [

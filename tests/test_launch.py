@@ -11,7 +11,7 @@ from conftest import REPO, run
 from test_metrics import _free_base_port
 
 pytestmark = pytest.mark.multirank
-TRAIN = ["--epochs", "2", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "2", "--batch-size", "16",
+TRAIN = ["--epochs", "2", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "2", "--lr-steps", "none", "--batch-size", "16",
          "--no-progress", "--workers", "1"]
 
 
@@ -31,7 +31,20 @@ def test_slurm_script_parses_and_dry_runs(tmp_path):
            "SD_FILE": str(tmp_path / "sd.json")}
     p = run(["bash", script, "--preset", "imagenet", "--data", "/datasets/imagenet"], env=env, timeout=60)
     assert p.stdout.startswith("srun --mpi=pmix") and "train --mpi" in p.stdout and "--preset imagenet" in p.stdout
-    assert len(json.loads((tmp_path / "sd.json").read_text())[0]["targets"]) == 16
+    assert "--resume auto" in p.stdout  # a requeued job continues its run
+    # a dry run writes nothing, and says what it would write
+    assert not (tmp_path / "sd.json").exists()
+    assert "would run:" in p.stderr and "sd-file --hosts gpu01:8" in p.stderr
     p = run(["bash", script], env={**env, "MODE": "horovodrun"}, timeout=60)
     argv = shlex.split(p.stdout)
     assert argv[argv.index("-np") + 1] == "16" and argv[argv.index("-H") + 1] == "gpu01:8,gpu02:8"
+
+
+def test_a_failed_job_ends_with_the_one_line_error(tiny_data, tmp_path):
+    """horovodrun prints its own traceback when a rank fails; the launcher repeats our error last."""
+    p = run([str(REPO / "launch" / "horovodrun.sh"), "-H", "localhost:2", "--", "--data", str(tiny_data),
+             "--out", str(tmp_path / "r"), *TRAIN, "--keep", "1.5"], env={"METRICS_PORT": "0"}, timeout=120,
+            check=False)
+    assert p.returncode != 0
+    tail = p.stderr.strip().splitlines()[-1]
+    assert "dap-hvd train: error" in tail and "--keep" in tail

@@ -51,7 +51,7 @@ def scrape(port: int) -> dict:
 def test_live_metrics_agree_with_summary(tiny_data, tmp_path):
     base, out = _free_base_port(), tmp_path / "m"
     cmd = [HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2", DAP_HVD, "train", "--data", str(tiny_data),
-           "--out", str(out), "--epochs", "3", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "3",
+           "--out", str(out), "--epochs", "3", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "3", "--lr-steps", "none",
            "--batch-size", "16", "--no-progress", "--workers", "1", "--metrics-port", str(base),
            "--metrics-host", "127.0.0.1", "--metrics-linger", "30", "--run-id", "t1"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -97,7 +97,7 @@ def test_port_in_use_is_a_clear_error(tiny_data, tmp_path):
     port = s.getsockname()[1]
     try:
         p = run([DAP_HVD, "train", "--data", str(tiny_data), "--out", str(tmp_path / "x"), "--epochs", "1",
-                 "--reuse", "1", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"], timeout=120, check=False)
+                 "--reuse", "none", "--lr-steps", "none", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"], timeout=120, check=False)
     finally:
         s.close()
     assert p.returncode == 2

@@ -43,3 +43,24 @@ def test_idempotent_and_regenerates_on_spec_change(tmp_path):
     assert (root / "sample-spec.json").stat().st_mtime_ns == stamp
     make_sample_data(root, SampleSpec(**{**spec.__dict__, "train_per_class": 6}))
     assert len(list((root / "train").rglob("*.jpg"))) == 12
+
+
+def test_never_replaces_what_it_did_not_write(tmp_path):
+    from dap_hvd.cli import main
+
+    real = tmp_path / "imagenet"
+    (real / "train" / "n01").mkdir(parents=True)
+    (real / "train" / "n01" / "a.JPEG").write_bytes(b"precious")
+    afile = tmp_path / "notes.txt"
+    afile.write_text("precious")
+    for target in (real, afile):
+        assert main(["make-sample-data", str(target), "--classes", "2", "--train-per-class", "2",
+                     "--val-per-class", "1", "--redundancy", "1", "--image-size", "16"]) == 2
+    assert (real / "train" / "n01" / "a.JPEG").read_bytes() == b"precious" and afile.read_text() == "precious"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["make-sample-data", str(empty), "--classes", "2", "--train-per-class", "2", "--val-per-class", "1",
+                 "--redundancy", "1", "--image-size", "16"]) == 0
+    assert main(["make-sample-data", str(real), "--force", "--classes", "2", "--train-per-class", "2",
+                 "--val-per-class", "1", "--redundancy", "1", "--image-size", "16"]) == 0
+    assert not (real / "train" / "n01").exists() and (real / "sample-spec.json").is_file()

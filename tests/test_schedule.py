@@ -79,7 +79,7 @@ def test_exact_integer_sizes():
 @pytest.mark.parametrize("bad,name", [
     (dict(keep=0.0), "keep"), (dict(keep=1.5), "keep"), (dict(warmup=-1), "warmup"), (dict(interval=0), "interval"),
     (dict(reuse=(0,)), "reuse"), (dict(reuse=(301,)), "reuse"), (dict(epochs=0), "epochs"), (dict(active=0), "active"),
-    (dict(reuse=(10, 10)), "reuse"),
+    (dict(reuse=(10, 10)), "reuse"), (dict(reuse=(40,)), "inside the warm-up"), (dict(reuse=(5, 150)), "W=40"),
 ])
 def test_invalid_parameters_name_the_parameter(bad, name):
     with pytest.raises(ConfigError, match=name):

@@ -14,11 +14,28 @@ def test_keeps_the_largest_losses():
     assert select_hardest(idx, loss, 5).tolist() == idx.tolist()
 
 
-def test_ties_break_by_smaller_index():
+def test_without_a_generator_ties_break_by_smaller_index():
     idx = np.arange(10, dtype=np.int64) * 7
     loss = np.ones(10, dtype=np.float32)
     loss[9] = 2.0
     assert select_hardest(idx, loss, 4).tolist() == [0, 7, 14, 63]
+
+
+def test_dap_breaks_ties_by_a_seeded_random_order_not_by_class():
+    # Late in training many samples tie at a cross-entropy of exactly 0; indices follow sorted
+    # class names, so an index tie-break would keep the lowest classes.
+    idx = np.arange(1000, dtype=np.int64)
+    loss = np.zeros(1000, dtype=np.float32)
+    loss[:100] = 1.0  # 100 clear winners, then 400 to take from 900 tied at 0
+    dap = get_strategy("dap")
+    a = dap.select(idx, loss, 500, seed=3, epoch=7).indices
+    assert a.tolist() == dap.select(idx, loss, 500, seed=3, epoch=7).indices.tolist()  # deterministic
+    assert a.tolist() != dap.select(idx, loss, 500, seed=3, epoch=8).indices.tolist()
+    assert set(range(100)) <= set(a.tolist()) and np.all(np.diff(a) > 0)
+    tied = a[a >= 100]
+    # spread over the tied range, not its first 400 (which an index tie-break would take)
+    low, high = (tied < 550).sum(), (tied >= 550).sum()
+    assert 150 < low < 250 and 150 < high < 250
 
 
 def test_matches_a_full_sort_on_random_data():

@@ -4,6 +4,7 @@ import json
 import math
 import re
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -15,7 +16,7 @@ from dap_hvd.schedule import Schedule, plan
 from dap_hvd.selection import selection_digest
 
 pytestmark = pytest.mark.multirank
-SCHED = ["--epochs", "6", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "4"]
+SCHED = ["--epochs", "6", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "4", "--lr-steps", "4"]
 COMMON = ["--batch-size", "16", "--lr", "0.2", "--lr-warmup-epochs", "1", "--no-progress", "--workers", "1"]
 
 
@@ -24,14 +25,28 @@ def train(data, out, *extra, np_=2, timeout=300, check=True):
     return horovodrun(np_, args, timeout=timeout, check=check)
 
 
+def short(epochs):
+    """A schedule of `epochs` epochs (W=1), with no LR decay."""
+    return ["--epochs", str(epochs), "--reuse", str(epochs) if epochs > 1 else "none", "--lr-steps", "none"]
+
+
 def summary(out):
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def dap_run(tiny_data, tmp_path_factory):
+    """One uninterrupted 6-epoch DaP run, shared by the tests that compare against it."""
+    out = tmp_path_factory.mktemp("dap") / "full"
+    train(tiny_data, out)
+    return out
+
+
 @pytest.mark.parametrize("strategy", ["dap", "random", "full"])
-def test_two_rank_training_matches_plan(tiny_data, tmp_path, strategy):
-    out = tmp_path / strategy
-    train(tiny_data, out, "--strategy", strategy)
+def test_two_rank_training_matches_plan(tiny_data, tmp_path, dap_run, strategy):
+    out = dap_run if strategy == "dap" else tmp_path / strategy
+    if strategy != "dap":
+        train(tiny_data, out, "--strategy", strategy)
     s = summary(out)
     assert s["strategy"] == strategy and s["world_size"] == 2 and len(s["epochs"]) == 6
     n, gb = s["num_samples"], s["global_batch"]
@@ -41,8 +56,13 @@ def test_two_rank_training_matches_plan(tiny_data, tmp_path, strategy):
         assert abs(e["samples"] - p.size) < gb  # within one global batch (padding only)
         assert e["subset"] == p.size
         assert e["samples"] == e["subset"] + e["padding"] and 0 <= e["padding"] < 2  # counted exactly
-    assert s["compute_ratio_planned"] == pytest.approx(planned.compute_ratio)
+    assert s["compute_ratio_planned"] == s["compute_ratio_planned_run"] == pytest.approx(planned.compute_ratio)
     assert abs(s["compute_ratio_measured"] - s["compute_ratio_planned"]) < 6 * gb / (6 * n)
+    # epoch 6 would end in a drop, but nothing trains after it: no merge, no selection
+    assert [e["after"] for e in s["epochs"]] == ["stay", "drop", "drop", "pick", "drop", "end"]
+    # one model on every rank, at the start and at the end
+    assert len(s["replicas"]["start"]) == 2 and len(set(s["replicas"]["start"])) == 1
+    assert len(s["replicas"]["end"]) == 2 and len(set(s["replicas"]["end"])) == 1
     assert s["samples_trained"] == sum(e["samples"] for e in s["epochs"])
     assert 0.2 < s["top1"] <= 1 and s["top1"] <= s["top5"] <= 1  # chance is 0.1
     assert s["epochs"][0]["selection_digest"] == selection_digest(list(range(n)))
@@ -54,25 +74,32 @@ def test_two_rank_training_matches_plan(tiny_data, tmp_path, strategy):
     assert len(list((out / "checkpoints").glob("epoch-*.pt"))) == 2  # last K kept
 
 
-def test_dap_and_random_keep_different_samples(tiny_data, tmp_path):
-    digests = {}
-    for strategy in ("dap", "random"):
-        train(tiny_data, tmp_path / strategy, "--strategy", strategy, "--epochs", "3", "--reuse", "3")
-        digests[strategy] = [e["selection_digest"] for e in summary(tmp_path / strategy)["epochs"]]
-    assert digests["dap"][0] == digests["random"][0] and digests["dap"][2] != digests["random"][2]
+def test_dap_and_random_keep_different_samples(tiny_data, tmp_path, dap_run):
+    train(tiny_data, tmp_path / "random", "--strategy", "random", *short(4))
+    dap = [e["selection_digest"] for e in summary(dap_run)["epochs"]]
+    rnd = [e["selection_digest"] for e in summary(tmp_path / "random")["epochs"]]
+    assert dap[0] == rnd[0] and dap[2] != rnd[2]
 
 
-def test_resume_replays_the_same_selections(tiny_data, tmp_path):
-    full, part = tmp_path / "full", tmp_path / "part"
-    train(tiny_data, full)
+def test_resume_is_exact_and_leaves_identical_replicas(tiny_data, tmp_path, dap_run):
+    part = tmp_path / "part"
     train(tiny_data, part, "--stop-after", "3")  # stopped after epoch 3 (between the drops)
-    assert summary(part)["epochs_completed"] == 3
+    stopped = summary(part)
+    assert stopped["epochs_completed"] == 3
+    # compute over the 3 epochs done, beside the plan for the same 3 epochs (not divided by 6)
+    assert stopped["compute_ratio_measured"] == pytest.approx(stopped["compute_ratio_planned"], abs=0.01)
+    assert stopped["compute_ratio_measured"] == pytest.approx((400 + 400 + 280) / (3 * 400), abs=0.01)
     horovodrun(2, [DAP_HVD, "train", "--resume", part, "--no-progress"], timeout=300)
-    a, b = summary(full)["epochs"], summary(part)["epochs"]
+    full, resumed = summary(dap_run), summary(part)
+    a, b = full["epochs"], resumed["epochs"]
     assert [e["epoch"] for e in b] == list(range(1, 7))
     assert [e["selection_digest"] for e in a] == [e["selection_digest"] for e in b]
-    assert [e["train_loss"] for e in a] == pytest.approx([e["train_loss"] for e in b], rel=1e-4)
-    assert summary(part)["top1"] == pytest.approx(summary(full)["top1"])
+    assert [e["train_loss"] for e in a] == pytest.approx([e["train_loss"] for e in b], rel=1e-7)
+    assert [e["lr"] for e in a] == [e["lr"] for e in b]
+    assert resumed["top1"] == full["top1"] and resumed["top5"] == full["top5"]
+    # every rank's full state (parameters, buffers) hashed alike right after the resume broadcast
+    assert len(resumed["replicas"]["start"]) == 2 and len(set(resumed["replicas"]["start"])) == 1
+    assert resumed["replicas"]["end"] == full["replicas"]["end"]  # the very same model at the end
     # a finished run is extended by a larger --epochs
     horovodrun(2, [DAP_HVD, "train", "--resume", part, "--epochs", "8", "--no-progress"], timeout=300)
     ext = summary(part)
@@ -80,13 +107,84 @@ def test_resume_replays_the_same_selections(tiny_data, tmp_path):
         [e["selection_digest"] for e in a]
 
 
-def test_checkpoints_load_with_weights_only(tiny_data, tmp_path):
+def test_fp16_resume_restores_the_loss_scale_on_every_rank(tiny_data, tmp_path):
     import torch
 
-    train(tiny_data, tmp_path / "r", "--epochs", "2", "--reuse", "2")
-    ckpt = torch.load(sorted((tmp_path / "r" / "checkpoints").glob("*.pt"))[-1], weights_only=True)
-    assert {"model", "optimizer", "selection", "state", "torch_rng"} <= set(ckpt)
-    assert ckpt["selection"].dtype == torch.int64 and json.loads(ckpt["state"])["epoch"] == 2
+    out = tmp_path / "fp16"
+    train(tiny_data, out, "--amp", "fp16", *short(3), "--stop-after", "1")
+    ckpt = torch.load(out / "checkpoints" / "epoch-0001.pt", weights_only=True)
+    assert ckpt["scaler"]["_growth_tracker"] > 0  # a state that differs from a fresh scaler's
+    horovodrun(2, [DAP_HVD, "train", "--resume", out, "--no-progress"], timeout=300)
+    s = summary(out)
+    # the digests cover parameters, buffers and the GradScaler state of each rank
+    assert s["epochs_completed"] == 3 and len(set(s["replicas"]["start"])) == 1 and len(s["replicas"]["start"]) == 2
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_resume_on_another_world_size_keeps_the_lr_schedule(tiny_data, tmp_path, before, after):
+    out = tmp_path / "ws"
+    train(tiny_data, out, "--stop-after", "3", np_=before)
+    horovodrun(after, [DAP_HVD, "train", "--resume", out, "--no-progress"], timeout=300)
+    s = summary(out)
+    assert s["epochs_completed"] == 6 and s["world_size"] == after
+    assert [e["world_size"] for e in s["epochs"]] == [before] * 3 + [after] * 3
+    lrs = [e["lr"] for e in s["epochs"]]
+    base_after = 0.2 * after / before  # --lr 0.2 was set for `before` ranks; the linear rule carries it
+    assert lrs[:3] == pytest.approx([0.2] * 3) and lrs[3] == pytest.approx(base_after)
+    assert lrs[4:] == pytest.approx([0.1 * base_after] * 2)  # the decay after epoch 4, not earlier or later
+    assert "linear rule" in (out / "train.log").read_text()
+
+
+def test_a_changed_schedule_is_refused_on_resume(tiny_data, tmp_path):
+    out = tmp_path / "chg"
+    train(tiny_data, out, *short(3), "--stop-after", "1")
+    p = horovodrun(2, [DAP_HVD, "train", "--resume", out, "--keep", "0.8", "--no-progress"], timeout=300, check=False)
+    assert p.returncode != 0
+    assert re.search(r"error on rank 0: --resume: .*keep \(--keep\): 0\.7 then, 0\.8 now", p.stderr)
+    assert re.search(r"error on rank 1: --resume: .*keep", p.stderr)  # every rank stops, none hangs
+
+
+def test_evaluate_reproduces_the_runs_top1_exactly(dap_run):
+    top1 = summary(dap_run)["top1"]
+    one = run([DAP_HVD, "evaluate", dap_run, "--json"], timeout=120)
+    assert json.loads(one.stdout)["top1"] == top1 and json.loads(one.stdout)["epoch"] == 6
+    two = horovodrun(2, [DAP_HVD, "evaluate", dap_run, "--json"], timeout=120)
+    assert rank_payload(two.stdout)["top1"] == top1
+
+
+def rank_payload(stdout):
+    line = next(l for l in stdout.splitlines() if '"top1"' in l)
+    return json.loads(line[line.index("{"):])
+
+
+def test_ranks_with_different_datasets_fail_naming_the_file(tiny_data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)
+    cls = sorted((other / "train").iterdir())[4]
+    victim = sorted(cls.iterdir())[7]
+    victim.rename(victim.with_name("renamed_" + victim.name))
+    args = ["train", "--mpi", "--out", tmp_path / "mix", *SCHED, *COMMON]
+    p = run(["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+             "-np", "1", DAP_HVD, *args, "--data", tiny_data, ":", "-np", "1", DAP_HVD, *args, "--data", other],
+            timeout=180, check=False)
+    assert p.returncode != 0
+    err = p.stdout + p.stderr
+    assert re.search(r"error on rank 1: rank 1 on \S+: the train dataset differs from rank 0's: .*renamed_", err)
+    assert "error on rank 0: rank(s) [1] hold a different train dataset" in err
+    assert "Traceback" not in err
+
+
+def test_checkpoints_load_with_weights_only(dap_run):
+    import torch
+
+    ckpt = torch.load(sorted((dap_run / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    assert {"model", "optimizer", "selection", "state", "rng"} <= set(ckpt)
+    assert ckpt["selection"].dtype == torch.int64 and json.loads(ckpt["state"])["epoch"] == 6
+    # each rank's own RNG stream, seeded by (seed, rank), saved by rank
+    assert ckpt["rng"].shape[0] == 2 and not torch.equal(ckpt["rng"][0], ckpt["rng"][1])
+    meta = json.loads(ckpt["state"])
+    assert meta["world_size"] == 2 and meta["lr_steps"] == [4] and meta["model"] == "resnet_small"
+    assert meta["config"]["data"]["image_size"] == 32  # resolved values, not nulls
 
 
 def _plant_truncated(root):
@@ -100,7 +198,7 @@ def _plant_truncated(root):
 @pytest.mark.parametrize("loader", ["dali", "torch"])
 def test_bad_file_stops_training_naming_it(data_copy, tmp_path, loader):
     victim = _plant_truncated(data_copy)
-    p = train(data_copy, tmp_path / "bad", "--loader", loader, "--epochs", "2", "--reuse", "2", check=False)
+    p = train(data_copy, tmp_path / "bad", "--loader", loader, *short(2), check=False)
     assert p.returncode != 0
     # our one-line error names the rank and the file (horovodrun adds its own launcher traceback)
     assert re.search(rf"dap-hvd train: error on rank \d: .*{re.escape(victim.name)}", p.stderr)
@@ -109,7 +207,7 @@ def test_bad_file_stops_training_naming_it(data_copy, tmp_path, loader):
 def test_skip_bad_samples_excludes_and_counts(data_copy, tmp_path):
     victim = _plant_truncated(data_copy)
     out = tmp_path / "skip"
-    p = train(data_copy, out, "--on-bad-sample", "skip", "--epochs", "2", "--reuse", "2")
+    p = train(data_copy, out, "--on-bad-sample", "skip", *short(2))
     s = summary(out)
     assert s["skipped_bad_samples"] == 1 and s["num_samples"] == 399
     assert victim.name in (out / "train.log").read_text() + p.stdout + p.stderr
@@ -117,15 +215,14 @@ def test_skip_bad_samples_excludes_and_counts(data_copy, tmp_path):
 
 def test_mpirun_training_with_mpi4py_comm(tiny_data, tmp_path):
     out = tmp_path / "mpi"
-    mpirun(2, [DAP_HVD, "train", "--mpi", "--data", tiny_data, "--out", out, *SCHED, *COMMON, "--epochs", "2",
-               "--reuse", "2"], timeout=300)
+    mpirun(2, [DAP_HVD, "train", "--mpi", "--data", tiny_data, "--out", out, *SCHED, *COMMON, *short(2)], timeout=300)
     assert summary(out)["world_size"] == 2
 
 
 def test_a_dead_rank_ends_the_job(tiny_data, tmp_path):
     out = tmp_path / "dead"
     cmd = [HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2", DAP_HVD, "train", "--data", str(tiny_data),
-           "--out", str(out), *SCHED, *COMMON, "--epochs", "40", "--reuse", "20"]
+           "--out", str(out), *SCHED, *COMMON, "--epochs", "40", "--reuse", "20", "--lr-steps", "20"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -155,7 +252,7 @@ def test_recipe_options_run_end_to_end(tiny_data, tmp_path):
     cfg.write_text("optim: {nesterov: true, lr_schedule: cosine, amp: bf16, channels_last: 'on',"
                    " fp16_allreduce: true}\ndata: {loader: torch, color_jitter: 0.2, pca_lighting: 0.1}\n")
     out = tmp_path / "opts"
-    train(tiny_data, out, "--config", cfg, "--epochs", "3", "--reuse", "3")
+    train(tiny_data, out, "--config", cfg, *short(3))
     s = summary(out)
     assert len(s["epochs"]) == 3 and all(math.isfinite(e["train_loss"]) for e in s["epochs"])
     lrs = [e["lr"] for e in s["epochs"]]
@@ -167,15 +264,19 @@ def test_recipe_options_run_end_to_end(tiny_data, tmp_path):
 
 
 def test_sync_bn_without_gpu_is_a_clear_error(tiny_data, tmp_path):
-    p = run([DAP_HVD, "train", "--data", tiny_data, "--out", tmp_path / "s", "--sync-bn", "--epochs", "1",
-             "--reuse", "1"], timeout=120, check=False)
+    p = run([DAP_HVD, "train", "--data", tiny_data, "--out", tmp_path / "s", "--sync-bn", *short(1)],
+            timeout=120, check=False)
     assert p.returncode == 2 and "--sync-bn" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_a_fresh_run_moves_an_earlier_one_aside(tiny_data, tmp_path):
     out = tmp_path / "again"
     for _ in range(2):
-        train(tiny_data, out, "--epochs", "1", "--reuse", "1", np_=1)
+        p = train(tiny_data, out, *short(1), "--progress", np_=1)
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("again.")]
     assert len(kept) == 1 and (kept[0] / "summary.json").exists()
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001.pt"]
+    # a 1-second epoch still shows its progress line (at least one per epoch)
+    assert re.search(r"epoch 1/1 \[#+\] \d+/\d+ \d+ img/s", p.stdout)
+    # W=1 >= E=1: the user is told DaP never drops
+    assert "every epoch is warm-up" in (out / "train.log").read_text()

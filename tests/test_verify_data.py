@@ -37,3 +37,17 @@ def test_bad_file_list_lines(tiny_data, tmp_path):
     p = subprocess.run([sys.executable, "-m", "dap_hvd", "verify-data", str(tiny_data), "--file-list", str(fl)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "list.txt:1" in p.stdout and "outside the data root" in p.stdout
+
+
+def test_missing_val_and_symlink_loops_are_reported_not_crashed_on(data_copy, capsys):
+    import shutil
+
+    shutil.rmtree(data_copy / "val")
+    cls = sorted((data_copy / "train").iterdir())[0]
+    (cls / "a.jpg").symlink_to(cls / "b.jpg")
+    (cls / "b.jpg").symlink_to(cls / "a.jpg")
+    (data_copy / "train" / "loop").symlink_to(data_copy / "train" / "loop")
+    assert main(["verify-data", str(data_copy)]) == 1
+    out = capsys.readouterr().out
+    assert f"{data_copy.resolve() / 'val'}: missing" in out
+    assert "a.jpg: unreadable" in out and "loop: unreadable" in out

@@ -1,0 +1,83 @@
+"""`dap-hvd evaluate RUN_DIR|CHECKPOINT`: top-1/top-5 of a saved model on its validation split.
+
+A checkpoint carries its resolved config and the training class names, so it evaluates the
+same way on its own, as one process or under horovodrun/mpirun (the counts are summed across
+ranks). The run's BatchNorm statistics were averaged across ranks before it was saved, so the
+result equals the top-1 the run reported for that epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from dap_hvd import DapError, dist
+from dap_hvd.catalog import load_catalog
+from dap_hvd.checkpoint import list_checkpoints
+from dap_hvd.config import load_config
+from dap_hvd.models import build_model
+from dap_hvd.train import _pin_device, _precision, ensure_data, evaluate_split
+
+
+def find_checkpoint(target: str) -> Path:
+    p = Path(target)
+    if p.is_dir():
+        ckpts = list_checkpoints(p)
+        if not ckpts:
+            raise DapError(f"evaluate: {p} holds no checkpoints (expected {p}/checkpoints/epoch-NNNN.pt)")
+        return ckpts[-1]
+    if p.is_file():
+        return p
+    raise DapError(f"evaluate: {target} is neither a run directory nor a checkpoint file")
+
+
+def load_for_eval(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(ckpt["state"])
+    except Exception as e:  # a truncated or foreign file: name it, no deep traceback
+        raise DapError(f"evaluate: cannot read checkpoint {path}: {e}") from None
+    if "config" not in meta or "classes" not in meta:
+        raise DapError(f"evaluate: {path} was written by an older dap_hvd and lacks its config; "
+                       f"it cannot be evaluated on its own")
+    return {"model": ckpt["model"], "meta": meta}
+
+
+def main(target: str, overrides: dict, as_json: bool, comm=None) -> int:
+    path = find_checkpoint(target)
+    ckpt = load_for_eval(path)
+    meta = ckpt["meta"]
+    cfg = load_config(raw=meta["config"], overrides=overrides)
+    world = dist.init(comm)
+    try:
+        device = _pin_device(world)
+        root = ensure_data(cfg, world)
+        classes = tuple(meta["classes"])
+        val_cat = load_catalog(root, "val", cfg.data.val_list).labelled_by(classes, str(path))
+        dist.check_same_dataset("val", val_cat.digest(), val_cat.paths)
+        model = build_model(meta["model"], len(classes), zero_gamma=False)
+        model.load_state_dict(ckpt["model"])
+        model = model.to(device)
+        acc = evaluate_split(cfg, world, meta["epoch"], model, val_cat, torch.from_numpy(val_cat.labels).to(device),
+                             _precision(cfg, device))
+        if world.is_root:
+            result = dict(checkpoint=str(path), epoch=meta["epoch"], top1=acc.top1, top5=acc.top5,
+                          samples=acc.samples, world_size=world.size)
+            print(json.dumps(result) if as_json else
+                  f"{path} (epoch {meta['epoch']}): top1 {acc.top1:.4f} top5 {acc.top5:.4f} on {acc.samples} "
+                  f"images of {val_cat.root}", flush=True)
+        return 0
+    except DapError as e:
+        print(f"dap-hvd evaluate: error on rank {world.rank}: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        dist.shutdown()
+
+
+def cli_overrides(root: Optional[str], batch_size: Optional[int], loader: Optional[str],
+                  workers: Optional[int]) -> dict:
+    return {"data.root": root, "data.batch_size": batch_size, "data.loader": loader, "data.workers": workers}

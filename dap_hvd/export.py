@@ -1,0 +1,68 @@
+"""`dap-hvd export RUN_DIR|CHECKPOINT --out FILE`: the pre-trained backbone, weights alone.
+
+The output of pre-training is a model other code loads, not a training checkpoint. FILE gets the
+model's state_dict and nothing else: safetensors when FILE ends in .safetensors, else a plain
+torch state_dict (loadable with torch.load(weights_only=True)). For the torchvision models it
+loads straight into `torchvision.models.<name>(num_classes=K)`. FILE.json beside it says which
+model, the class names in label order, the input size and normalization, and where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dap_hvd import DapError
+from dap_hvd.checkpoint import publish_mode
+from dap_hvd.evaluate import find_checkpoint, load_for_eval
+from dap_hvd.loaders import IMAGENET_MEAN, IMAGENET_STD
+
+TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169",
+               "mobilenet_v2")
+
+
+def export(target: str, out: str) -> dict:
+    src = find_checkpoint(target)
+    ckpt = load_for_eval(src)
+    meta = ckpt["meta"]
+    dst = Path(out)
+    if dst.is_dir():
+        raise DapError(f"export: --out {dst} is a folder; name the file to write (e.g. {dst}/backbone.safetensors)")
+    weights = {k: v.contiguous() for k, v in ckpt["model"].items()}
+    name, classes = meta["model"], meta["classes"]
+    evals = [h for h in meta["history"] if h.get("top1") is not None]
+    info = dict(model=name, num_classes=len(classes), classes=classes,
+                image_size=meta["config"]["data"]["image_size"], mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+                source=str(src), epoch=meta["epoch"], top1=evals[-1]["top1"] if evals else None,
+                load=(f"torchvision.models.{name}(num_classes={len(classes)}).load_state_dict(weights)"
+                      if name in TORCHVISION else
+                      f"dap_hvd.models.build_model({name!r}, {len(classes)}).load_state_dict(weights)"))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(dst, lambda path: _write_weights(weights, path, info))
+    _atomic(dst.with_name(dst.name + ".json"), lambda path: Path(path).write_text(json.dumps(info, indent=1)))
+    return info
+
+
+def _write_weights(weights: dict, path: str, info: dict) -> None:
+    if path.endswith(".safetensors.tmp"):
+        from safetensors.torch import save_file
+
+        save_file(weights, path, metadata={k: json.dumps(v) for k, v in info.items()})
+    else:
+        torch.save(weights, path)
+
+
+def _atomic(dst: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=dst.suffix + ".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        publish_mode(Path(tmp))
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,104 @@
+"""A light parent for each rank's trainer: a crash becomes the one-line error a bad file gets.
+
+DALI's batched CPU decoder can crash the process (SIGSEGV) on some corrupt JPEGs, for example a
+valid header followed by garbage, before it reports an error. Even when it reports one, the
+process memory can already be damaged, so a later step (the scan that names the file, or a
+destructor) can crash. Nothing in-process can catch that. So `dap-hvd train` and `dap-hvd
+evaluate` run the real work in a child process. Before it builds each loader, the child leaves a
+note of what it is about to read (`note_loader`). If the child dies by a signal, this parent
+scans the files of that note with PIL and prints the error naming the file and the rank.
+
+The parent imports neither torch nor Horovod, and forwards SIGINT/SIGTERM to the child. It
+stays out of the way under `--mpi` (an MPI rank must be the process mpirun started) and when
+DAP_HVD_SUPERVISE=0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+_NOTE = "DAP_HVD_LOADER_NOTE"
+_WORKER = "DAP_HVD_WORKER"
+
+
+def wanted(argv: list[str]) -> bool:
+    return (os.environ.get(_WORKER) is None and os.environ.get("DAP_HVD_SUPERVISE", "1") != "0"
+            and "--mpi" not in argv)
+
+
+def note_loader(root: str, split: str, file_list: Optional[str], indices: np.ndarray) -> None:
+    """Child side: record the shard a loader is about to read (a no-op when unsupervised)."""
+    path = os.environ.get(_NOTE)
+    if not path:
+        return
+    np.save(path + ".npy", np.asarray(indices, dtype=np.int64))
+    Path(path).write_text(json.dumps(dict(root=str(root), split=split, file_list=file_list)))
+
+
+def _rank() -> str:
+    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return "0"
+
+
+def run(argv: list[str], command: str) -> int:
+    """Run `dap-hvd ARGV` as a child; return its exit code, explaining a crash."""
+    with tempfile.TemporaryDirectory(prefix="dap-hvd-") as tmp:
+        note = os.path.join(tmp, "loader.json")
+        env = dict(os.environ, **{_WORKER: "1", _NOTE: note})
+        child = subprocess.Popen([sys.executable, "-m", "dap_hvd", *argv], env=env)
+
+        def forward(signum, _frame):
+            if child.poll() is None:
+                child.send_signal(signum)
+
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            rc = child.wait()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        if rc >= 0 or -rc in (signal.SIGINT, signal.SIGTERM):
+            return rc if rc >= 0 else 128 - rc
+        crash = _explain(-rc, note)
+        print(f"dap-hvd {command}: error on rank {_rank()}: {crash.message}", file=sys.stderr, flush=True)
+        return 2 if crash.bad_data else 128 - rc
+
+
+@dataclass(frozen=True)
+class Crash:
+    message: str
+    bad_data: bool  # a bad file explains it: exit like any other data error
+
+
+def _explain(sig: int, note: str) -> Crash:
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+    if sig == signal.SIGKILL:
+        return Crash(f"the trainer was killed ({name}), most likely by the kernel's out-of-memory killer or the "
+                     f"scheduler", False)
+    if not os.path.exists(note):
+        return Crash(f"the trainer crashed ({name}) before it read any data", False)
+    from dap_hvd.catalog import load_catalog
+    from dap_hvd.verify import find_bad
+
+    info = json.loads(Path(note).read_text())
+    indices = np.load(note + ".npy")
+    cat = load_catalog(info["root"], info["split"], info["file_list"])
+    hint = "run `dap-hvd verify-data` on the dataset, or train with --on-bad-sample skip"
+    bad = find_bad(cat.files(np.unique(indices)))
+    if bad:
+        listed = "; ".join(f"{p}: {r}" for p, r in bad[:5])
+        return Crash(f"the data loader crashed ({name}) on bad file(s) in this rank's shard: {listed}; {hint}", True)
+    return Crash(f"the trainer crashed ({name}) while reading the {info['split']} split of {info['root']}; every "
+                 f"file of this rank's shard decodes with PIL, so this looks like a bug: please report it", False)

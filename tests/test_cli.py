@@ -1,0 +1,35 @@
+"""What a newcomer meets first: --version, presets, help on every flag, plan from a config."""
+
+import argparse
+import json
+
+from dap_hvd import __version__
+from dap_hvd.cli import build_parser, main
+
+
+def test_version(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert capsys.readouterr().out.strip() == f"dap-hvd {__version__}"
+
+
+def test_every_flag_of_every_command_has_help():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [(name, a.option_strings or a.dest) for name, p in sub.choices.items() for a in p._actions
+               if a.help is None and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
+
+
+def test_plan_lists_presets_and_reads_a_config(tmp_path, capsys):
+    assert main(["plan", "--list-presets"]) == 0
+    out = capsys.readouterr().out
+    assert "imagenet" in out and "LR x0.1 after 150,225" in out and "sample" in out
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("schedule: {preset: cifar10, interval: 20}\n")
+    assert main(["plan", "--config", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["compute_ratio"] == \
+        __import__("pytest").approx(0.79, abs=0.01)
+    assert main(["plan", "--config", str(cfg), "--keep", "0.8", "--json"]) == 0  # flags override the file
+    assert json.loads(capsys.readouterr().out)["schedule"]["keep"] == 0.8

@@ -1,0 +1,69 @@
+"""The engine's selection signal: the ledger holds plain cross-entropy, never the smoothed loss."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dap_hvd.engine import Precision, train_one_epoch
+from dap_hvd.ledger import LossLedger
+from dap_hvd.loaders import Batch
+from dap_hvd.lr import LRSchedule
+from dap_hvd.selection import get_strategy
+from dap_hvd.sharding import Shard
+
+
+class ListLoader:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def close(self):
+        pass
+
+
+def _identity_model(k):
+    model = torch.nn.Linear(k, k, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(k))
+    return model
+
+
+def test_ledger_records_plain_cross_entropy_and_dap_ranks_by_it():
+    k = 10
+    # Sample 5 is predicted right with near certainty (p_y ~ 1), sample 9 with p_y = 0.68. The
+    # label-smoothed loss (eps 0.1) ranks the certain one as harder (1.8 vs 0.65); cross-entropy
+    # ranks it as easier, as the paper means.
+    logits = torch.zeros(2, k)
+    logits[0, 3] = 20.0
+    logits[1, 4] = float(np.log(0.68 * 9 / 0.32))
+    targets = torch.tensor([3, 4])
+    smoothed = F.cross_entropy(logits, targets, reduction="none", label_smoothing=0.1)
+    plain = F.cross_entropy(logits, targets, reduction="none")
+    assert smoothed[0] > smoothed[1] and plain[0] < plain[1]
+
+    subset = np.array([5, 9], dtype=np.int64)
+    class_of = torch.zeros(10, dtype=torch.int64)
+    class_of[5], class_of[9] = 3, 4
+    ledger = LossLedger(subset, torch.device("cpu"))
+    model = _identity_model(k)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    tags = torch.from_numpy(Shard(subset, np.array([True, True]), 1).encoded_labels())
+    stats = train_one_epoch(model=model, loader=ListLoader([Batch(logits.clone(), tags)]), optimizer=optimizer,
+                            label_smoothing=0.1, lr_schedule=LRSchedule(0.0, 0, 1, "step"), global_step=0,
+                            class_of=class_of, precision=Precision(torch.device("cpu"), None, False), ledger=ledger)
+    assert torch.equal(ledger.loss, plain) and ledger.count.tolist() == [1.0, 1.0]
+    # the reported training loss stays the smoothed one the gradient used
+    assert abs(stats.loss_sum - float(smoothed.sum())) < 1e-5
+    kept = get_strategy("dap").select(subset, ledger.loss.numpy(), 1, seed=0, epoch=1).indices
+    assert kept.tolist() == [9]
+
+
+def test_a_non_finite_padding_loss_cannot_poison_the_real_sample():
+    ledger = LossLedger(np.array([2, 4], dtype=np.int64), torch.device("cpu"))
+    ledger.record(torch.tensor([2, 4, 2]), torch.tensor([0.5, 1.5, float("inf")]), torch.tensor([True, True, False]))
+    assert ledger.loss.tolist() == [0.5, 1.5] and ledger.count.tolist() == [1.0, 1.0]
