@@ -32,6 +32,7 @@ class Catalog:
     paths: tuple[str, ...]
     labels: np.ndarray  # int64 class of each global index
     classes: tuple[str, ...]
+    named: bool = True  # classes are folder names; False for a file list, whose labels are numbers
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -44,10 +45,17 @@ class Catalog:
         root = str(self.root)
         return [os.path.join(root, self.paths[i]) for i in indices]
 
-    def labelled_by(self, classes: tuple[str, ...], source: str) -> "Catalog":
+    def labelled_by(self, classes: tuple[str, ...], source: str, named: bool = True) -> "Catalog":
         """This (validation) catalog with its labels mapped to the training `classes` by name,
         not by folder position: a val split that lacks one class must not shift every later class
-        onto the wrong label. A class that training lacks cannot be scored, and is an error."""
+        onto the wrong label. A class that training lacks cannot be scored, and is an error.
+        When either side is a file list there are no names, only numbers: a file list's label k
+        means the k-th class folder in sorted order, so labels are kept, and must be in range."""
+        if not (named and self.named):
+            if len(self.labels) and int(self.labels.max()) >= len(classes):
+                raise DataError(f"{self.root}: validation label {int(self.labels.max())} is out of range for the "
+                                f"{len(classes)} training classes of {source}")
+            return Catalog(self.root, self.paths, self.labels, tuple(classes), named=named and self.named)
         unknown = [c for c in self.classes if c not in classes]
         if unknown:
             shown = ", ".join(unknown[:5]) + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
@@ -177,7 +185,7 @@ def _from_file_list(root: Path, file_list: Path) -> Catalog:
         raise DataError(f"{file_list}: lists no samples")
     num_classes = max(labels) + 1
     return Catalog(root, tuple(paths), np.asarray(labels, dtype=np.int64),
-                   tuple(str(c) for c in range(num_classes)))
+                   tuple(str(c) for c in range(num_classes)), named=False)
 
 
 def _read_manifest(path: Path, split_dir: str, stamps: dict) -> Optional[dict]:

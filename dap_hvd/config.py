@@ -35,7 +35,8 @@ class DataConfig:
     image_size: Optional[int] = None  # train crop; None: 224, or 32 on the sample data
     val_resize: Optional[int] = None  # shorter side before the center crop; None: size * 256/224
     batch_size: int = 64  # per rank
-    workers: int = 2  # decode threads (DALI) / worker processes (torch) per rank
+    workers: Optional[int] = None  # decode threads (DALI) / worker processes (torch) per rank; None: from the cores
+    hw_decoder_load: Optional[float] = None  # share of JPEGs for the GPU's hardware decoder; None: DALI's 0.65
     on_bad_sample: str = "error"  # error | skip
     min_crop_area: Optional[float] = None  # RandomResizedCrop area floor; None: 0.08, or 0.25 on sample data
     color_jitter: float = 0.0  # brightness/contrast/saturation strength (Bag of Tricks 2.1)
@@ -312,7 +313,14 @@ def _validate(cfg: TrainConfig) -> None:
 
     get_strategy(cfg.strategy)
     _check(d.batch_size >= 1, "data", "batch_size", f"must be >= 1, got {d.batch_size}")
-    _check(d.workers >= 1, "data", "workers", f"must be >= 1, got {d.workers}")
+    _check(d.workers is None or d.workers >= 1, "data", "workers", f"must be >= 1, got {d.workers}")
+    _check(d.hw_decoder_load is None or 0 <= d.hw_decoder_load <= 1, "data", "hw_decoder_load",
+           f"must be in [0, 1], got {d.hw_decoder_load}")
+    # fp16 gradients scaled by the GradScaler (65536 at first) are cast to fp16 and *summed* across
+    # ranks before Horovod divides: they overflow, and most steps would be skipped.
+    _check(not (o.amp == "fp16" and o.fp16_allreduce), "optim", "fp16_allreduce",
+           "cannot be combined with --amp fp16: the loss-scaled gradients overflow fp16 when summed across "
+           "ranks; use --amp bf16 with --fp16-allreduce, or drop --fp16-allreduce")
     _check(d.image_size is None or d.image_size >= 8, "data", "image_size", f"must be >= 8, got {d.image_size}")
     _check(d.val_resize is None or d.val_resize >= cfg.image_size, "data", "val_resize",
            f"must be >= the crop size {cfg.image_size}, got {d.val_resize}")

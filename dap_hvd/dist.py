@@ -212,6 +212,24 @@ def check_same_dataset(what: str, digest: str, paths: tuple[str, ...]) -> None:
                     f"host and the first differing path); every rank must see the same files")
 
 
+def check_gpus_not_shared(uuid: str, local_size: int, count: int) -> None:
+    """Two ranks of one host on one GPU is a misconfiguration (more local ranks than visible
+    GPUs, with CUDA_VISIBLE_DEVICES not set per task): fail every rank, naming the counts."""
+    mine = json.dumps([socket.gethostname(), uuid]).encode()
+    buf = torch.zeros(256, dtype=torch.uint8)
+    buf[:len(mine)] = torch.frombuffer(bytearray(mine), dtype=torch.uint8)
+    rows = allgather(buf.reshape(1, -1), name="gpus").numpy()
+    seen: dict = {}
+    for rank, row in enumerate(rows):
+        key = tuple(json.loads(bytes(row).rstrip(b"\0").decode()))
+        seen.setdefault(key, []).append(rank)
+    shared = {k: v for k, v in seen.items() if len(v) > 1}
+    if shared:
+        (host, gpu), ranks = next(iter(shared.items()))
+        raise DapError(f"ranks {ranks} on {host} would share GPU {gpu}: {local_size} local ranks but {count} visible "
+                       f"GPU(s); start at most one rank per GPU, or give each task its own CUDA_VISIBLE_DEVICES")
+
+
 def gather_rows(t: torch.Tensor, name: str) -> torch.Tensor:
     """Stack a same-sized 1-D tensor from every rank: row r is rank r's (e.g. RNG states)."""
     return allgather(t.reshape(1, -1), name=name)

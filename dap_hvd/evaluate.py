@@ -57,7 +57,8 @@ def main(target: str, overrides: dict, as_json: bool, comm=None) -> int:
         device = _pin_device(world)
         root = ensure_data(cfg, world)
         classes = tuple(meta["classes"])
-        val_cat = load_catalog(root, "val", cfg.data.val_list).labelled_by(classes, str(path))
+        val_cat = load_catalog(root, "val", cfg.data.val_list).labelled_by(classes, str(path),
+                                                                           named=meta.get("classes_named", True))
         dist.check_same_dataset("val", val_cat.digest(), val_cat.paths)
         model = build_model(meta["model"], len(classes), zero_gamma=False)
         model.load_state_dict(ckpt["model"])

@@ -61,6 +61,9 @@ class LoaderSpec:
     pca_lighting: float = 0.0
     device: str = "cpu"  # cpu | gpu (DALI mixed decoder + GPU ops)
     device_id: Optional[int] = None
+    channels_last: bool = False  # DALI emits HWC and the batch is a channels_last view (no copy)
+    pin_memory: bool = False  # page-locked host batches (the torch loader), when the model is on a GPU
+    hw_decoder_load: Optional[float] = None  # DALI mixed decoder: share of images for the HW JPEG decoder
 
 
 class Loader(Protocol):

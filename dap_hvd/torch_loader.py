@@ -69,7 +69,7 @@ class TorchLoader:
         self._dl = DataLoader(_Files(spec), batch_size=spec.batch_size, shuffle=False,
                               num_workers=spec.workers, collate_fn=_collate, worker_init_fn=seed_worker,
                               generator=torch.Generator().manual_seed(spec.seed),
-                              pin_memory=spec.device == "gpu")
+                              pin_memory=spec.pin_memory)
 
     def __len__(self) -> int:
         return math.ceil(len(self.spec.files) / self.spec.batch_size)

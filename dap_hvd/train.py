@@ -241,7 +241,8 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
     # ---- data: the embedded sample set is generated once per node on first use
     root = ensure_data(cfg, world)
     train_cat = load_catalog(root, "train", cfg.data.train_list)
-    val_cat = load_catalog(root, "val", cfg.data.val_list).labelled_by(train_cat.classes, str(train_cat.root))
+    val_cat = load_catalog(root, "val", cfg.data.val_list).labelled_by(train_cat.classes, str(train_cat.root),
+                                                                        named=train_cat.named)
     # Global indices must mean the same image on every rank (per-node dataset copies can differ).
     dist.check_same_dataset("train", train_cat.digest(), train_cat.paths)
     dist.check_same_dataset("val", val_cat.digest(), val_cat.paths)
@@ -324,7 +325,7 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
     note_loader(cfg.data_root, "train", cfg.data.train_list, shard.indices)
     try:
         loader = make_loader(cfg.data.loader, _spec(cfg, r.train_cat, shard.indices, shard.encoded_labels(), True,
-                                                    _seed(cfg.seed, epoch, world.rank), r.precision.device, world))
+                                                    _seed(cfg.seed, epoch, world.rank), r.precision, world))
         stats = train_one_epoch(model=r.model, loader=loader, optimizer=r.optimizer,
                                 label_smoothing=cfg.optim.label_smoothing, lr_schedule=r.lr_schedule,
                                 global_step=r.epoch_starts[epoch - 1], class_of=r.class_of, precision=r.precision,
@@ -438,7 +439,7 @@ def evaluate_split(cfg, world, epoch, model, val_cat, val_class_of, precision,
     note_loader(cfg.data_root, "val", cfg.data.val_list, shard.indices)
     try:
         loader = make_loader(cfg.data.loader, _spec(cfg, val_cat, shard.indices, shard.encoded_labels(), False,
-                                                    cfg.seed, precision.device, world))
+                                                    cfg.seed, precision, world))
         counts = evaluate(model=model, loader=loader, class_of=val_class_of, precision=precision)
     except (BadSampleError, LoaderError) as e:
         raise _explain_bad_data(e, world, val_cat, shard.indices) from None
@@ -453,8 +454,14 @@ def evaluate_split(cfg, world, epoch, model, val_cat, val_class_of, precision,
 
 def _pin_device(world: dist.World) -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(world.local_rank)
-        return torch.device("cuda", world.local_rank)
+        # local_rank % count: under per-task GPU binding (SLURM --gpus-per-task) each rank sees
+        # one GPU as device 0. Two local ranks on one GPU would still be a mistake: say so.
+        count = torch.cuda.device_count()
+        index = world.local_rank % count
+        torch.cuda.set_device(index)
+        dist.check_gpus_not_shared(str(torch.cuda.get_device_properties(index).uuid), world.local_size, count)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+        return torch.device("cuda", index)
     # Share the node's cores between the ranks on it instead of oversubscribing them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
     return torch.device("cpu")
@@ -465,7 +472,24 @@ def _precision(cfg: TrainConfig, device: torch.device) -> Precision:
     amp = cfg.optim.amp if cfg.optim.amp != "auto" else ("bf16" if gpu else "off")
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     cl = cfg.optim.channels_last == "on" or (cfg.optim.channels_last == "auto" and gpu)
+    if cl and cfg.optim.sync_bn:
+        # Horovod's SyncBatchNorm makes its input contiguous (NCHW) in forward and backward, so
+        # the net would convert back and forth at every BN for nothing.
+        if cfg.optim.channels_last == "on":
+            log.warning("--sync-bn: channels_last turned off; Horovod's SyncBatchNorm makes every BN input "
+                        "NCHW-contiguous, so channels_last would only add layout conversions")
+        cl = False
     return Precision(device, dtype, cl)
+
+
+def _workers(cfg: TrainConfig, world: dist.World, device: torch.device) -> int:
+    """Decode threads per rank: on a GPU, the node's cores per local rank (at most 8), since file
+    reads and the host Huffman stage run on them; on CPU, 2 (the model needs the cores)."""
+    if cfg.data.workers is not None:
+        return cfg.data.workers
+    if device.type == "cuda":
+        return max(2, min(8, (os.cpu_count() or 2) // world.local_size))
+    return 2
 
 
 def _seed(seed: int, epoch: int, rank: int) -> int:
@@ -473,26 +497,61 @@ def _seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0] % (2**31 - 1))
 
 
-def _spec(cfg, cat: Catalog, indices, tags, train: bool, seed: int, device, world) -> LoaderSpec:
+def _spec(cfg, cat: Catalog, indices, tags, train: bool, seed: int, precision: Precision, world) -> LoaderSpec:
+    device = precision.device
     dali_gpu = device.type == "cuda" and cfg.data.dali_device in ("auto", "gpu")
     return LoaderSpec(files=cat.files(indices), tags=tags, batch_size=cfg.data.batch_size, image_size=cfg.image_size,
-                      train=train, seed=seed, workers=cfg.data.workers, val_resize=cfg.val_resize,
+                      train=train, seed=seed, workers=_workers(cfg, world, device), val_resize=cfg.val_resize,
                       min_area=cfg.min_crop_area, color_jitter=cfg.data.color_jitter,
                       pca_lighting=cfg.data.pca_lighting, device="gpu" if dali_gpu else "cpu",
-                      device_id=world.local_rank if dali_gpu else None)
+                      device_id=device.index if dali_gpu else None, channels_last=precision.channels_last,
+                      pin_memory=device.type == "cuda", hw_decoder_load=cfg.data.hw_decoder_load)
 
 
 def _bad_samples(cfg, world, cat: Catalog, split: str = "train") -> np.ndarray:
-    """--on-bad-sample skip: every rank checks its share of files; the union is excluded."""
+    """--on-bad-sample skip: every rank checks its share of files; the union is excluded. The
+    result is cached under DAP_HVD_CACHE, keyed by the catalog's digest, so a resume (or the next
+    run on the same files) does not decode the whole dataset again."""
     from dap_hvd.verify import find_bad
 
-    mine = np.arange(world.rank, len(cat), world.size, dtype=np.int64)
-    files = cat.files(mine)
-    bad_paths = {p for p, _ in find_bad(files, workers=cfg.data.workers)}
-    bad = np.array([i for i, p in zip(mine, files) if p in bad_paths], dtype=np.int64)
+    cache = _scan_cache(cat)
+    cached = None
+    if world.is_root and cache.is_file():
+        try:
+            cached = json.loads(cache.read_text())["bad"]
+        except (OSError, ValueError, KeyError):
+            cached = None
+    cached = dist.broadcast_json(cached, name=f"bad_samples.{split}.cached")
+    if cached is not None:
+        bad = np.asarray(cached, dtype=np.int64)
+        if world.is_root:
+            log.info("--on-bad-sample skip: %d bad %s sample(s), from the scan cached in %s", len(bad), split, cache)
+    else:
+        mine = np.arange(world.rank, len(cat), world.size, dtype=np.int64)
+        files = cat.files(mine)
+        bad_paths = {p for p, _ in find_bad(files, workers=cfg.data.workers or 2)}
+        found = np.array([i for i, p in zip(mine, files) if p in bad_paths], dtype=np.int64)
+        bad = np.sort(dist.allgather(torch.from_numpy(found), name=f"bad_samples.{split}").numpy())
+        if world.is_root:
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                _write_json(cache, {"root": str(cat.root), "bad": bad.tolist()})
+            except OSError:
+                pass  # a read-only cache only costs a rescan next time
     for i in bad:
-        log.warning("rank %d: skipping bad %s sample %s", world.rank, split, cat.files([i])[0])
-    return np.sort(dist.allgather(torch.from_numpy(bad), name=f"bad_samples.{split}").numpy())
+        if world.is_root:
+            log.warning("skipping bad %s sample %s", split, cat.files([i])[0])
+    return bad
+
+
+def _scan_cache(cat: Catalog) -> Path:
+    # Keyed by the folder and its catalog (paths, labels), not by file contents: a file replaced in
+    # place under the same name keeps its verdict (`dap-hvd verify-data` checks contents).
+    import hashlib
+
+    base = os.environ.get("DAP_HVD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dap-hvd")
+    key = hashlib.sha256(f"{cat.root}\n{cat.digest()}".encode()).hexdigest()
+    return Path(base) / "bad-scans" / f"{key}.json"
 
 
 def _explain_bad_data(e: Exception, world, cat: Catalog, indices: np.ndarray) -> DataError:
@@ -623,7 +682,8 @@ def _checkpoint_payload(r: Run, state: RunState, rng: dict) -> dict:
                 schedule=cfg.schedule.to_dict(), lr_steps=list(cfg.lr_steps), world_size=r.world.size,
                 global_batch=cfg.data.batch_size * r.world.size, base_lr=r.base_lr,
                 dataset_digest=r.dataset_digest, num_samples=int(len(r.universe)), excluded=int(len(r.excluded)),
-                classes=list(r.train_cat.classes), rng_keys=sorted(rng), config=_resolved_config(cfg, r.base_lr))
+                classes=list(r.train_cat.classes), classes_named=r.train_cat.named, rng_keys=sorted(rng),
+                config=_resolved_config(cfg, r.base_lr))
     return {"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
             "scaler": r.scaler.state_dict() if r.scaler is not None else {},
             "selection": torch.from_numpy(np.asarray(state.selection, dtype=np.int64)),

@@ -6,9 +6,9 @@ HOROVODRUN=${HOROVODRUN:-$BIN/horovodrun}
 METRICS_PORT=${METRICS_PORT:-9400}
 SD_FILE=${SD_FILE:-runs/prometheus-targets.json}
 
-local_slots() {  # GPUs on this node, else 2 CPU ranks
+local_slots() {  # GPUs on this node, else 2 CPU ranks (-L would also list MIG devices)
   local n
-  n=$(nvidia-smi -L 2> /dev/null | wc -l || true)
+  n=$(nvidia-smi --query-gpu=index --format=csv,noheader 2> /dev/null | wc -l || true)
   [ "${n:-0}" -gt 0 ] && echo "$n" || echo 2
 }
 

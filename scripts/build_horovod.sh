@@ -13,12 +13,21 @@
 #  (c) With C++17+, gloo's out-of-line definition of Store::kDefaultTimeout collides at link
 #      time with the inline constexpr one. We drop the out-of-line definition.
 #
-# Usage: scripts/build_horovod.sh PYTHON [cpu|nccl]   -> prints the wheel path on the last line.
-# Env:   DAP_HVD_CACHE (default ~/.cache/dap-hvd), MAX_JOBS (default: nproc).
+# The nccl flavor builds against the NCCL that torch's wheel brings (nvidia-nccl-cu13), so the
+# image has one NCCL: header and library from the same release. That wheel is a namespace
+# package (nvidia.nccl.__file__ is None) and ships only libnccl.so.2, while Horovod's FindNCCL
+# looks for libnccl.so: we point it at a private folder holding that link.
+#
+# Usage: scripts/build_horovod.sh PYTHON [cpu|nccl] [--configure-only]
+#        -> prints the wheel path on the last line. --configure-only (nccl) stops after the NCCL
+#        discovery and a CMake configure with Horovod's own FindNCCL, printing what it found.
+# Env:   DAP_HVD_CACHE (default ~/.cache/dap-hvd), MAX_JOBS (default: nproc),
+#        HOROVOD_NCCL_HOME (another NCCL), HOROVOD_BUILD_CUDA_CC_LIST (default 80,90: A100, H100/H200).
 set -euo pipefail
 
-PYTHON=${1:?usage: build_horovod.sh PYTHON [cpu|nccl]}
+PYTHON=${1:?usage: build_horovod.sh PYTHON [cpu|nccl] [--configure-only]}
 FLAVOR=${2:-cpu}
+CONFIGURE_ONLY=${3:-}
 HOROVOD_VERSION=0.28.1
 CACHE=${DAP_HVD_CACHE:-$HOME/.cache/dap-hvd}
 
@@ -30,9 +39,26 @@ torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__)') \
 py_tag=$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 script_hash=$(sha256sum "$0" | cut -c1-12)
 key="horovod-${HOROVOD_VERSION}-torch${torch_version}-${py_tag}-${FLAVOR}-${script_hash}"
+
+if [ "$FLAVOR" = nccl ]; then
+  nccl_home=${HOROVOD_NCCL_HOME:-$("$PYTHON" -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2> /dev/null || true)}
+  [ -n "$nccl_home" ] && [ -f "$nccl_home/include/nccl.h" ] \
+    || die "no NCCL found: install torch's nvidia-nccl wheel, or set HOROVOD_NCCL_HOME (with include/nccl.h)"
+  nccl_so=$(ls "$nccl_home"/lib/libnccl.so* 2> /dev/null | head -n 1)
+  [ -n "$nccl_so" ] || die "$nccl_home/lib holds no libnccl.so*"
+  nccl_version=$(awk '/#define NCCL_(MAJOR|MINOR|PATCH) /{v = v (v ? "." : "") $3} END {print v}' "$nccl_home/include/nccl.h")
+  cuda_version=$("$PYTHON" -c 'import torch; print(torch.version.cuda)')
+  key="$key-cuda${cuda_version}-nccl${nccl_version}"  # a new base image or NCCL means a new wheel
+  nccl_lib="$CACHE/nccl-link/$nccl_version"
+  mkdir -p "$nccl_lib" && ln -sf "$nccl_so" "$nccl_lib/libnccl.so"
+  export HOROVOD_NCCL_INCLUDE="$nccl_home/include" HOROVOD_NCCL_LIB="$nccl_lib" HOROVOD_NCCL_LINK=SHARED
+  unset HOROVOD_NCCL_HOME  # FindNCCL would search it before the link folder
+  export HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-80,90}
+  echo "build_horovod: NCCL $nccl_version from $nccl_home (CUDA $cuda_version)" >&2
+fi
 out="$CACHE/wheels/$key"
 
-if compgen -G "$out/horovod-*.whl" > /dev/null; then
+if [ -z "$CONFIGURE_ONLY" ] && compgen -G "$out/horovod-*.whl" > /dev/null; then
   echo "build_horovod: reusing cached wheel ($key)" >&2
   ls "$out"/horovod-*.whl
   exit 0
@@ -70,6 +96,21 @@ sed -i '/^constexpr std::chrono::milliseconds Store::kDefaultTimeout;$/d' \
   "$src/third_party/gloo/gloo/rendezvous/store.cc"
 ! grep -q "^constexpr std::chrono::milliseconds Store::kDefaultTimeout" \
   "$src/third_party/gloo/gloo/rendezvous/store.cc" || die "patch (c) did not apply"
+
+if [ -n "$CONFIGURE_ONLY" ]; then  # what the image build depends on, checked without a GPU or a build
+  [ "$FLAVOR" = nccl ] || die "--configure-only checks the nccl flavor"
+  mkdir -p "$work/probe"
+  cat > "$work/probe/CMakeLists.txt" <<CMAKE
+cmake_minimum_required(VERSION 3.13)
+project(nccl_probe LANGUAGES NONE)
+list(APPEND CMAKE_MODULE_PATH "$src/cmake/Modules")
+find_package(NCCL REQUIRED)
+message(STATUS "probe: NCCL_INCLUDE_DIRS=\${NCCL_INCLUDE_DIRS} NCCL_LIBRARIES=\${NCCL_LIBRARIES} NCCL_MAJOR_VERSION=\${NCCL_MAJOR_VERSION}")
+CMAKE
+  cmake -S "$work/probe" -B "$work/probe/build" > "$work/probe.log" 2>&1 || { cat "$work/probe.log" >&2; die "CMake could not find NCCL"; }
+  grep -E "probe:|Found NCCL" "$work/probe.log"
+  exit 0
+fi
 
 export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
 export HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1

@@ -40,10 +40,13 @@ step "install Horovod from $(basename "$WHEEL")"
 "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$WHEEL"
 
 step "verify the stack imports, and Horovod has Gloo and MPI"
-"$VENV/bin/python" - <<'PY'
+FLAVOR="$FLAVOR" "$VENV/bin/python" - <<'PY'
+import os
 import horovod, horovod.torch as hvd, nvidia.dali, torchvision, mpi4py, prometheus_client, dap_hvd  # noqa: F401
 assert hvd.gloo_built(), "horovod was built without Gloo"
 assert hvd.mpi_built(), "horovod was built without MPI"
+if os.environ["FLAVOR"] == "nccl":
+    assert hvd.nccl_built(), "horovod (nccl flavor) was built without NCCL"
 import torch
 print(f"    torch {torch.__version__}, torchvision {torchvision.__version__}, "
       f"DALI {nvidia.dali.__version__}, horovod {horovod.__version__} (gloo+mpi), mpi4py {mpi4py.__version__}")

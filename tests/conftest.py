@@ -26,6 +26,9 @@ def _env(extra=None):
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     # MPI as root in containers/CI, and more slots than cores.
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    # 2-3 ranks on one host: on a machine with fewer GPUs they would have to share one, which the
+    # trainer refuses; the suite tests the CPU path (the GPU path has its own benchmark).
+    env["CUDA_VISIBLE_DEVICES"] = ""
     env.update(extra or {})
     return env
 

@@ -86,3 +86,17 @@ def test_a_symlink_loop_is_a_one_line_data_error(tmp_path):
     (tmp_path / "train" / "loop").symlink_to(tmp_path / "train" / "loop")
     with pytest.raises(DataError, match=r"train/loop: cannot be read .*symlink loop"):
         load_catalog(tmp_path, "train", cache=False)
+
+
+def test_a_training_file_list_keeps_numeric_labels_for_validation_folders(tmp_path):
+    """File-list labels are numbers (label k = the k-th class folder, sorted); there are no names to map."""
+    _layout(tmp_path, "train", ["ant", "bee", "cat"])
+    _layout(tmp_path, "val", ["ant", "bee", "cat"])
+    fl = tmp_path / "list.txt"
+    fl.write_text("train/ant/ant0.jpg 0\ntrain/cat/cat0.jpg 2\n")
+    train = load_catalog(tmp_path, "train", file_list=str(fl))
+    assert not train.named and train.classes == ("0", "1", "2")
+    val = load_catalog(tmp_path, "val", cache=False).labelled_by(train.classes, "list", named=train.named)
+    assert val.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(DataError, match="out of range"):  # val has 3 classes, training knows 2
+        load_catalog(tmp_path, "val", cache=False).labelled_by(train.classes[:2], "list", named=False)

@@ -33,3 +33,21 @@ def test_plan_lists_presets_and_reads_a_config(tmp_path, capsys):
         __import__("pytest").approx(0.79, abs=0.01)
     assert main(["plan", "--config", str(cfg), "--keep", "0.8", "--json"]) == 0  # flags override the file
     assert json.loads(capsys.readouterr().out)["schedule"]["keep"] == 0.8
+
+
+def test_gpu_benchmark_says_it_was_skipped_on_a_cpu_host(tmp_path):
+    import subprocess
+    import sys
+
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU: the section runs for real there")
+    md, res = tmp_path / "B.md", tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "dap_hvd", "bench", "--only", "gpu", "--out", str(md), "--results",
+                        str(res)], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "DAP_HVD_CACHE": str(tmp_path / "cache")})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "gpu: skipped: no CUDA device on this host" in p.stdout
+    assert "gpu" not in json.loads(res.read_text()) and "GPU: ResNet-50" not in md.read_text()

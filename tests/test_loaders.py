@@ -69,3 +69,31 @@ def test_dali_subset_switches_do_not_leak(tiny_data):
     growth = _rss_mb() - rss0
     assert growth < 60, f"RSS grew {growth:.1f} MB over 50 subset switches"
     assert _threads() <= thr0 + 2, "DALI worker threads leaked"
+
+
+def test_dali_channels_last_is_the_same_batch_as_a_view_without_a_copy(tiny_data):
+    """With channels_last, DALI emits HWC and the loader permutes: the engine gets NCHW-shaped,
+    channels_last-strided batches, equal to the CHW ones, so moving them costs no layout copy."""
+    import dataclasses
+
+    import torch
+
+    cat = load_catalog(tiny_data, "val")
+    shard = shard_for_rank(np.arange(len(cat), dtype=np.int64), epoch=0, seed=0, rank=0, world=1, batch_size=16)
+    base = _spec(cat, shard, train=False)
+    out = {}
+    for cl in (False, True):
+        loader = make_loader("dali", dataclasses.replace(base, channels_last=cl, pca_lighting=0.0))
+        # copies that keep the strides: DALI reuses its buffers for the next batch
+        out[cl] = [b.images.clone(memory_format=torch.preserve_format) for b in loader][:2]
+        loader.close()
+    for plain, nhwc in zip(out[False], out[True]):
+        assert nhwc.shape == plain.shape and torch.equal(nhwc, plain)
+        assert nhwc.is_contiguous(memory_format=torch.channels_last) and not plain.is_contiguous(
+            memory_format=torch.channels_last)
+    # the training graph with PCA lighting works in both layouts (its shift is laid out to match)
+    for cl in (False, True):
+        loader = make_loader("dali", dataclasses.replace(_spec(cat, shard, train=True), channels_last=cl,
+                                                         pca_lighting=0.1, color_jitter=0.2))
+        assert next(iter(loader)).images.shape[1:] == (3, 32, 32)
+        loader.close()

@@ -211,6 +211,22 @@ def test_skip_bad_samples_excludes_and_counts(data_copy, tmp_path):
     s = summary(out)
     assert s["skipped_bad_samples"] == 1 and s["num_samples"] == 399
     assert victim.name in (out / "train.log").read_text() + p.stdout + p.stderr
+    # the next start on the same files does not decode the dataset again
+    p = train(data_copy, tmp_path / "again", "--on-bad-sample", "skip", *short(1))
+    assert "from the scan cached" in p.stdout and summary(tmp_path / "again")["num_samples"] == 399
+
+
+def test_training_from_a_file_list(tiny_data, tmp_path):
+    from dap_hvd.catalog import load_catalog
+
+    cat = load_catalog(tiny_data, "train")
+    fl = tmp_path / "half.txt"
+    fl.write_text("".join(f"train/{p} {l}\n" for p, l in zip(cat.paths[::2], cat.labels[::2])))
+    out = tmp_path / "list"
+    train(tiny_data, out, "--train-list", fl, *short(2))
+    s = summary(out)
+    assert s["num_samples"] == 200 and s["top1"] > 0.15  # val scored against the list's numeric labels
+    assert json.loads(run([DAP_HVD, "evaluate", out, "--json"], timeout=120).stdout)["top1"] == s["top1"]
 
 
 def test_mpirun_training_with_mpi4py_comm(tiny_data, tmp_path):
