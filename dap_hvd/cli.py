@@ -310,4 +310,7 @@ def _fast_exit(rc: int) -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()  # mpirun counts a rank that leaves without it as an abnormal exit
     os._exit(rc)

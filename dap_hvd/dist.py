@@ -213,21 +213,17 @@ def check_same_dataset(what: str, digest: str, paths: tuple[str, ...]) -> None:
 
 
 def check_gpus_not_shared(uuid: str, local_size: int, count: int) -> None:
-    """Two ranks of one host on one GPU is a misconfiguration (more local ranks than visible
-    GPUs, with CUDA_VISIBLE_DEVICES not set per task): fail every rank, naming the counts."""
+    """Fail every rank if two ranks of one host landed on one GPU (devices.shared_gpu)."""
+    from dap_hvd.devices import shared_gpu
+
     mine = json.dumps([socket.gethostname(), uuid]).encode()
     buf = torch.zeros(256, dtype=torch.uint8)
     buf[:len(mine)] = torch.frombuffer(bytearray(mine), dtype=torch.uint8)
     rows = allgather(buf.reshape(1, -1), name="gpus").numpy()
-    seen: dict = {}
-    for rank, row in enumerate(rows):
-        key = tuple(json.loads(bytes(row).rstrip(b"\0").decode()))
-        seen.setdefault(key, []).append(rank)
-    shared = {k: v for k, v in seen.items() if len(v) > 1}
-    if shared:
-        (host, gpu), ranks = next(iter(shared.items()))
-        raise DapError(f"ranks {ranks} on {host} would share GPU {gpu}: {local_size} local ranks but {count} visible "
-                       f"GPU(s); start at most one rank per GPU, or give each task its own CUDA_VISIBLE_DEVICES")
+    placements = [tuple(json.loads(bytes(row).rstrip(b"\0").decode())) for row in rows]
+    problem = shared_gpu(placements, local_size, count)
+    if problem:
+        raise DapError(problem)
 
 
 def gather_rows(t: torch.Tensor, name: str) -> torch.Tensor:

@@ -19,6 +19,7 @@ from dap_hvd import DapError, dist
 from dap_hvd.catalog import load_catalog
 from dap_hvd.checkpoint import list_checkpoints
 from dap_hvd.config import load_config
+from dap_hvd.loaders import Loaders
 from dap_hvd.models import build_model
 from dap_hvd.train import _pin_device, _precision, ensure_data, evaluate_split
 
@@ -63,8 +64,12 @@ def main(target: str, overrides: dict, as_json: bool, comm=None) -> int:
         model = build_model(meta["model"], len(classes), zero_gamma=False)
         model.load_state_dict(ckpt["model"])
         model = model.to(device)
-        acc = evaluate_split(cfg, world, meta["epoch"], model, val_cat, torch.from_numpy(val_cat.labels).to(device),
-                             _precision(cfg, device))
+        loaders = Loaders(cfg.data.loader)
+        try:
+            acc = evaluate_split(cfg, world, meta["epoch"], model, val_cat, torch.from_numpy(val_cat.labels).to(device),
+                                 _precision(cfg, device), loaders)
+        finally:
+            loaders.close()
         if world.is_root:
             result = dict(checkpoint=str(path), epoch=meta["epoch"], top1=acc.top1, top5=acc.top5,
                           samples=acc.samples, world_size=world.size)

@@ -28,11 +28,12 @@ from dap_hvd import ConfigError, DataError, DapError, dist
 from dap_hvd.catalog import Catalog, load_catalog
 from dap_hvd.checkpoint import load_latest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
+from dap_hvd.devices import gpu_index
 from dap_hvd.engine import Precision, evaluate, train_one_epoch
 from dap_hvd.ledger import LossLedger
-from dap_hvd.loaders import BadSampleError, LoaderError, LoaderSpec, make_loader
+from dap_hvd.loaders import BadSampleError, LoaderError, Loaders, LoaderSpec
 from dap_hvd.lr import build_lr_schedule
-from dap_hvd.models import build_model, param_groups
+from dap_hvd.models import build_model, fp32_classifier, param_groups
 from dap_hvd.schedule import DROP, PICK, DapState, Plan, decide, initial_state, keep_count, plan
 from dap_hvd.selection import check_finite, get_strategy, selection_digest
 from dap_hvd.sharding import shard_for_rank
@@ -79,6 +80,7 @@ class Run:
     plan: Plan
     epoch_starts: list  # global step at which each planned epoch starts; [-1] is the total
     planned_samples: list  # per epoch, as planned (a step cap included)
+    loaders: Optional[Loaders] = None  # persistent per split (DALI), for the whole run
     lr_schedule: object = None
     metrics: object = None
 
@@ -194,6 +196,7 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
         raise Interrupted(state.epoch) from None
     finally:
         r.metrics.close()
+        r.loaders.close()
     state.replicas["end"] = dist.check_replicas(r.model, r.scaler, when="end of training")
     summary = _summary(r, state)
     if world.is_root:
@@ -257,7 +260,8 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
         raise DataError(f"{val_cat.root}: no usable validation samples")
 
     # ---- model, recipe (Bag of Tricks), Horovod optimizer
-    model = build_model(cfg.model_name, train_cat.num_classes, zero_gamma=cfg.optim.zero_gamma)
+    # fp32 logits, also under autocast: the selection ranks samples by losses computed from them
+    model = fp32_classifier(build_model(cfg.model_name, train_cat.num_classes, zero_gamma=cfg.optim.zero_gamma))
     if cfg.optim.sync_bn:
         if device.type != "cuda":
             raise ConfigError(f"--sync-bn: Horovod's SyncBatchNorm runs on GPUs only, and rank {world.rank} has none")
@@ -290,6 +294,7 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
                dataset_digest=train_cat.digest(excluded), class_of=torch.from_numpy(train_cat.labels).to(device),
                val_class_of=torch.from_numpy(val_cat.labels).to(device), model=model, optimizer=optimizer,
                scaler=scaler, base_lr=base_lr, plan=the_plan, epoch_starts=starts, planned_samples=planned,
+               loaders=Loaders(cfg.data.loader),
                lr_schedule=_lr_schedule(cfg, base_lr, epoch_steps))
 
 
@@ -324,8 +329,8 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
     loader = None
     note_loader(cfg.data_root, "train", cfg.data.train_list, shard.indices)
     try:
-        loader = make_loader(cfg.data.loader, _spec(cfg, r.train_cat, shard.indices, shard.encoded_labels(), True,
-                                                    _seed(cfg.seed, epoch, world.rank), r.precision, world))
+        loader = r.loaders.open(_spec(cfg, r.train_cat, shard.indices, shard.encoded_labels(), True,
+                                      _seed(cfg.seed, epoch, world.rank), r.precision, world))
         stats = train_one_epoch(model=r.model, loader=loader, optimizer=r.optimizer,
                                 label_smoothing=cfg.optim.label_smoothing, lr_schedule=r.lr_schedule,
                                 global_step=r.epoch_starts[epoch - 1], class_of=r.class_of, precision=r.precision,
@@ -373,7 +378,8 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
     dist.average_batchnorm(r.model)
     acc = None
     if epoch % cfg.eval_every == 0 or epoch in (cfg.schedule.epochs, cfg.stop_after):
-        acc = evaluate_split(cfg, world, epoch, r.model, r.val_cat, r.val_class_of, r.precision, r.val_usable)
+        acc = evaluate_split(cfg, world, epoch, r.model, r.val_cat, r.val_class_of, r.precision, r.loaders,
+                             r.val_usable)
     state.epoch = epoch
     state.samples_trained += samples
     seconds = time.perf_counter() - t0
@@ -428,7 +434,7 @@ class Accuracy:
     samples: int
 
 
-def evaluate_split(cfg, world, epoch, model, val_cat, val_class_of, precision,
+def evaluate_split(cfg, world, epoch, model, val_cat, val_class_of, precision, loaders: Loaders,
                    usable: Optional[np.ndarray] = None) -> Accuracy:
     """Top-1/top-5 over the split (its `usable` indices, default all): each rank scores its
     shard, and the counts are summed."""
@@ -438,8 +444,8 @@ def evaluate_split(cfg, world, epoch, model, val_cat, val_class_of, precision,
     loader = None
     note_loader(cfg.data_root, "val", cfg.data.val_list, shard.indices)
     try:
-        loader = make_loader(cfg.data.loader, _spec(cfg, val_cat, shard.indices, shard.encoded_labels(), False,
-                                                    cfg.seed, precision, world))
+        loader = loaders.open(_spec(cfg, val_cat, shard.indices, shard.encoded_labels(), False, cfg.seed,
+                                    precision, world))
         counts = evaluate(model=model, loader=loader, class_of=val_class_of, precision=precision)
     except (BadSampleError, LoaderError) as e:
         raise _explain_bad_data(e, world, val_cat, shard.indices) from None
@@ -457,7 +463,7 @@ def _pin_device(world: dist.World) -> torch.device:
         # local_rank % count: under per-task GPU binding (SLURM --gpus-per-task) each rank sees
         # one GPU as device 0. Two local ranks on one GPU would still be a mistake: say so.
         count = torch.cuda.device_count()
-        index = world.local_rank % count
+        index = gpu_index(world.local_rank, count)
         torch.cuda.set_device(index)
         dist.check_gpus_not_shared(str(torch.cuda.get_device_properties(index).uuid), world.local_size, count)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels

@@ -67,3 +67,23 @@ def test_a_non_finite_padding_loss_cannot_poison_the_real_sample():
     ledger = LossLedger(np.array([2, 4], dtype=np.int64), torch.device("cpu"))
     ledger.record(torch.tensor([2, 4, 2]), torch.tensor([0.5, 1.5, float("inf")]), torch.tensor([True, True, False]))
     assert ledger.loss.tolist() == [0.5, 1.5] and ledger.count.tolist() == [1.0, 1.0]
+
+
+def test_logits_are_fp32_under_autocast_and_checkpoint_keys_do_not_change():
+    from dap_hvd.models import Fp32Linear, build_model, fp32_classifier
+
+    model = build_model("resnet_small", 10)
+    keys = list(model.state_dict())
+    fp32_classifier(model).eval()
+    assert list(model.state_dict()) == keys and sum(isinstance(m, Fp32Linear) for m in model.modules()) == 1
+    x = torch.randn(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.dtype == torch.float32
+    head = next(m for m in model.modules() if isinstance(m, Fp32Linear))
+    features = {}
+    head.register_forward_hook(lambda mod, inp, out: features.update(x=inp[0]))  # returns None: output kept
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        again = model(x)
+    exact = torch.nn.functional.linear(features["x"].float(), head.weight, head.bias)
+    assert torch.equal(again, exact)  # the head itself ran in fp32, not bf16
