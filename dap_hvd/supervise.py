@@ -45,6 +45,15 @@ def note_loader(root: str, split: str, file_list: Optional[str], indices: np.nda
     Path(path).write_text(json.dumps(dict(root=str(root), split=split, file_list=file_list)))
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: if this parent is killed outright (SIGKILL by a scheduler), the
+    kernel sends the child SIGTERM, which it treats as an interruption, so no trainer is orphaned."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _rank() -> str:
     for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
         if os.environ.get(var):
@@ -57,7 +66,7 @@ def run(argv: list[str], command: str) -> int:
     with tempfile.TemporaryDirectory(prefix="dap-hvd-") as tmp:
         note = os.path.join(tmp, "loader.json")
         env = dict(os.environ, **{_WORKER: "1", _NOTE: note})
-        child = subprocess.Popen([sys.executable, "-m", "dap_hvd", *argv], env=env)
+        child = subprocess.Popen([sys.executable, "-m", "dap_hvd", *argv], env=env, preexec_fn=_die_with_parent)
 
         def forward(signum, _frame):
             if child.poll() is None:

@@ -107,6 +107,19 @@ def test_resume_is_exact_and_leaves_identical_replicas(tiny_data, tmp_path, dap_
         [e["selection_digest"] for e in a]
 
 
+def test_resume_replays_each_ranks_dropout(tiny_data, tmp_path):
+    """mobilenet_v2 draws dropout masks from each rank's torch RNG: only a restored per-rank RNG
+    state makes the resumed epochs train exactly as the uninterrupted ones."""
+    args = ["--model", "mobilenet_v2", *short(3)]
+    train(tiny_data, tmp_path / "whole", *args)
+    part = tmp_path / "part"
+    train(tiny_data, part, *args, "--stop-after", "1")
+    horovodrun(2, [DAP_HVD, "train", "--resume", part, "--no-progress"], timeout=300)
+    a, b = summary(tmp_path / "whole")["epochs"], summary(part)["epochs"]
+    assert [e["train_loss"] for e in a] == pytest.approx([e["train_loss"] for e in b], rel=1e-7)
+    assert summary(part)["top1"] == summary(tmp_path / "whole")["top1"]
+
+
 def test_fp16_resume_restores_the_loss_scale_on_every_rank(tiny_data, tmp_path):
     import torch
 

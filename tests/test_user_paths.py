@@ -19,6 +19,14 @@ from test_train import COMMON, SCHED, short, summary, train
 pytestmark = pytest.mark.multirank
 
 
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read().lower()
+    except FileNotFoundError:
+        return False
+
+
 def _first_file(root, split="train"):
     cls = sorted((root / split).iterdir())[1]
     return sorted(cls.iterdir())[2]
@@ -172,3 +180,28 @@ def test_export_gives_a_torchvision_backbone_with_the_runs_top1(tiny_data, tmp_p
         counts = evaluate(model=model, loader=TorchLoader(spec), class_of=torch.from_numpy(val.labels),
                           precision=Precision(torch.device("cpu"), None, False))
         assert float(counts[0] / counts[2]) == pytest.approx(top1, abs=1e-12)
+
+
+def test_the_trainer_does_not_outlive_a_killed_launcher_process(tiny_data, tmp_path):
+    """`dap-hvd train` runs the trainer as a child; SIGKILL on the parent (a scheduler's hard kill)
+    must not leave the child training on, orphaned."""
+    out = tmp_path / "orphan"
+    cmd = [DAP_HVD, "train", "--data", str(tiny_data), "--out", str(out), *SCHED, *map(str, COMMON),
+           "--epochs", "30", "--reuse", "20", "--lr-steps", "20"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "summary.json").exists():
+            time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the trainer child was not found"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        child = int(children[0])
+        deadline = time.time() + 60
+        while time.time() < deadline and _running(child):
+            time.sleep(0.2)
+        assert not _running(child), "the trainer kept running after its parent was killed"
+        assert "interrupted after epoch" in (out / "train.log").read_text()
+    finally:
+        subprocess.run(["pkill", "-9", "-f", f"--out {out}"])
