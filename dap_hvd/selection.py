@@ -20,9 +20,6 @@ from dap_hvd import ConfigError, DivergedError
 @dataclass(frozen=True)
 class Selection:
     indices: np.ndarray  # sorted unique int64 global sample indices
-    # Optional per-sample loss weights aligned with `indices` (room for InfoBatch-style soft
-    # pruning with rescaling). None means weight 1 for everything.
-    weights: Optional[np.ndarray] = None
 
 
 def selection_digest(indices: np.ndarray) -> str:
