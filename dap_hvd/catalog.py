@@ -87,9 +87,13 @@ def first_difference(mine: tuple[str, ...], theirs: tuple[str, ...]) -> str:
     return "the same paths, but different labels or excluded samples"
 
 
+def cache_root() -> Path:
+    """DAP_HVD_CACHE, default ~/.cache/dap-hvd: sample data, manifests, scans, wheels."""
+    return Path(os.environ.get("DAP_HVD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dap-hvd"))
+
+
 def _cache_dir() -> Path:
-    base = os.environ.get("DAP_HVD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dap-hvd")
-    return Path(base) / "manifests"
+    return cache_root() / "manifests"
 
 
 def load_catalog(root: str | Path, split: str, file_list: Optional[str] = None,

@@ -82,9 +82,10 @@ def load_latest(run_dir: Path, warn=None) -> Optional[dict]:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, corrupt, or not ours: try the one before
-            problems.append(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            problems.append(f"{path}: {reason}")
             if warn is not None:
-                warn(f"--resume: cannot load {path} ({problems[-1].split(': ', 1)[1]}); trying the one before it")
+                warn(f"--resume: cannot load {path} ({reason}); trying the one before it")
             continue
         return ckpt
     raise DapError("--resume: no readable checkpoint: " + "; ".join(problems))

@@ -161,25 +161,24 @@ def cmd_train(a: argparse.Namespace) -> int:
         if not Path(yaml_path).is_file():
             raise ConfigError(f"--resume: {a.resume} is not a run directory (no config.yaml)")
     cfg = load_config(yaml_path, overrides)
-    comm = None
-    if a.mpi:
-        from mpi4py import MPI
-
-        comm = MPI.COMM_WORLD
     from dap_hvd.train import main as train_main
 
-    return train_main(cfg, comm)
+    return train_main(cfg, _mpi_comm(a))
+
+
+def _mpi_comm(a: argparse.Namespace):
+    """mpi4py's COMM_WORLD for hvd.init under --mpi (mpirun, srun --mpi=pmix); None otherwise."""
+    if not a.mpi:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from dap_hvd.evaluate import cli_overrides, main as evaluate_main
 
-    comm = None
-    if a.mpi:
-        from mpi4py import MPI
-
-        comm = MPI.COMM_WORLD
-    return evaluate_main(a.target, cli_overrides(a.root, a.batch_size, a.loader, a.workers), a.json, comm)
+    return evaluate_main(a.target, cli_overrides(a.root, a.batch_size, a.loader, a.workers), a.json, _mpi_comm(a))
 
 
 def cmd_export(a: argparse.Namespace) -> int:

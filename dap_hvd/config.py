@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,8 +20,9 @@ MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densene
 
 
 def default_sample_root() -> Path:
-    cache = os.environ.get("DAP_HVD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dap-hvd")
-    return Path(cache) / "sample-data"
+    from dap_hvd.catalog import cache_root
+
+    return cache_root() / "sample-data"
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ def _schedule(values: dict, default_preset: str) -> Schedule:
     params = dict(PRESETS[preset])
     for key, value in values.items():
         if key == "reuse":
-            value = () if str(value).lower() in _NONE_WORDS else _coerce("schedule", key, value, "tuple[int, ...]")
+            value = () if value is None else _coerce("schedule", key, value, "tuple[int, ...]")  # "none", "" too
         elif key == "active":
             value = None if str(value).lower() in _NONE_WORDS else _coerce("schedule", key, value, "int")
         elif key == "keep":

@@ -181,7 +181,7 @@ def state_digest(model: torch.nn.Module, scaler=None) -> str:
 def allgather_digests(digest: str, name: str) -> list[str]:
     """Every rank's hex digest, in rank order, on every rank."""
     raw = torch.frombuffer(bytearray(bytes.fromhex(digest)), dtype=torch.uint8)
-    return [bytes(row).hex() for row in allgather(raw.reshape(1, -1), name=name).numpy()]
+    return [bytes(row).hex() for row in gather_rows(raw, name=name).numpy()]
 
 
 def check_replicas(model: torch.nn.Module, scaler, when: str) -> list[str]:
@@ -219,7 +219,7 @@ def check_gpus_not_shared(uuid: str, local_size: int, count: int) -> None:
     mine = json.dumps([socket.gethostname(), uuid]).encode()
     buf = torch.zeros(256, dtype=torch.uint8)
     buf[:len(mine)] = torch.frombuffer(bytearray(mine), dtype=torch.uint8)
-    rows = allgather(buf.reshape(1, -1), name="gpus").numpy()
+    rows = gather_rows(buf, name="gpus").numpy()
     placements = [tuple(json.loads(bytes(row).rstrip(b"\0").decode())) for row in rows]
     problem = shared_gpu(placements, local_size, count)
     if problem:

@@ -99,15 +99,13 @@ def _explain(sig: int, note: str) -> Crash:
     if not os.path.exists(note):
         return Crash(f"the trainer crashed ({name}) before it read any data", False)
     from dap_hvd.catalog import load_catalog
-    from dap_hvd.verify import find_bad
+    from dap_hvd.verify import describe_bad
 
     info = json.loads(Path(note).read_text())
     indices = np.load(note + ".npy")
     cat = load_catalog(info["root"], info["split"], info["file_list"])
-    hint = "run `dap-hvd verify-data` on the dataset, or train with --on-bad-sample skip"
-    bad = find_bad(cat.files(np.unique(indices)))
+    bad = describe_bad(cat.files(np.unique(indices)))
     if bad:
-        listed = "; ".join(f"{p}: {r}" for p, r in bad[:5])
-        return Crash(f"the data loader crashed ({name}) on bad file(s) in this rank's shard: {listed}; {hint}", True)
+        return Crash(f"the data loader crashed ({name}): {bad}", True)
     return Crash(f"the trainer crashed ({name}) while reading the {info['split']} split of {info['root']}; every "
                  f"file of this rank's shard decodes with PIL, so this looks like a bug: please report it", False)

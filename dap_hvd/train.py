@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dap_hvd import ConfigError, DataError, DapError, dist
-from dap_hvd.catalog import Catalog, load_catalog
+from dap_hvd.catalog import Catalog, cache_root, load_catalog
 from dap_hvd.checkpoint import load_latest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
 from dap_hvd.devices import gpu_index
@@ -247,11 +247,12 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
     val_cat = load_catalog(root, "val", cfg.data.val_list).labelled_by(train_cat.classes, str(train_cat.root),
                                                                         named=train_cat.named)
     # Global indices must mean the same image on every rank (per-node dataset copies can differ).
-    dist.check_same_dataset("train", train_cat.digest(), train_cat.paths)
-    dist.check_same_dataset("val", val_cat.digest(), val_cat.paths)
+    train_digest = train_cat.digest()
+    dist.check_same_dataset("train", train_digest, train_cat.paths)
+    dist.check_same_dataset("val", val_cat.digest(), val_cat.paths)  # cheap: val is small
     skip = cfg.data.on_bad_sample == "skip"
-    excluded = _bad_samples(cfg, world, train_cat) if skip else np.zeros(0, np.int64)
-    val_excluded = _bad_samples(cfg, world, val_cat, "val") if skip else np.zeros(0, np.int64)
+    excluded = _bad_samples(cfg, world, train_cat, train_digest) if skip else np.zeros(0, np.int64)
+    val_excluded = _bad_samples(cfg, world, val_cat, val_cat.digest(), "val") if skip else np.zeros(0, np.int64)
     universe = np.setdiff1d(np.arange(len(train_cat), dtype=np.int64), excluded)
     val_usable = np.setdiff1d(np.arange(len(val_cat), dtype=np.int64), val_excluded)
     if len(universe) == 0:
@@ -514,13 +515,13 @@ def _spec(cfg, cat: Catalog, indices, tags, train: bool, seed: int, precision: P
                       pin_memory=device.type == "cuda", hw_decoder_load=cfg.data.hw_decoder_load)
 
 
-def _bad_samples(cfg, world, cat: Catalog, split: str = "train") -> np.ndarray:
+def _bad_samples(cfg, world, cat: Catalog, digest: str, split: str = "train") -> np.ndarray:
     """--on-bad-sample skip: every rank checks its share of files; the union is excluded. The
     result is cached under DAP_HVD_CACHE, keyed by the catalog's digest, so a resume (or the next
     run on the same files) does not decode the whole dataset again."""
     from dap_hvd.verify import find_bad
 
-    cache = _scan_cache(cat)
+    cache = _scan_cache(cat, digest)
     cached = None
     if world.is_root and cache.is_file():
         try:
@@ -550,27 +551,24 @@ def _bad_samples(cfg, world, cat: Catalog, split: str = "train") -> np.ndarray:
     return bad
 
 
-def _scan_cache(cat: Catalog) -> Path:
+def _scan_cache(cat: Catalog, digest: str) -> Path:
     # Keyed by the folder and its catalog (paths, labels), not by file contents: a file replaced in
     # place under the same name keeps its verdict (`dap-hvd verify-data` checks contents).
     import hashlib
 
-    base = os.environ.get("DAP_HVD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dap-hvd")
-    key = hashlib.sha256(f"{cat.root}\n{cat.digest()}".encode()).hexdigest()
-    return Path(base) / "bad-scans" / f"{key}.json"
+    key = hashlib.sha256(f"{cat.root}\n{digest}".encode()).hexdigest()
+    return cache_root() / "bad-scans" / f"{key}.json"
 
 
 def _explain_bad_data(e: Exception, world, cat: Catalog, indices: np.ndarray) -> DataError:
-    from dap_hvd.verify import find_bad
+    from dap_hvd.verify import BAD_DATA_HINT, describe_bad
 
-    hint = "run `dap-hvd verify-data` on the dataset, or train with --on-bad-sample skip"
     if isinstance(e, BadSampleError) and e.tag is not None:
         idx = e.tag if e.tag >= 0 else -e.tag - 1
-        return DataError(f"rank {world.rank}: cannot decode {cat.files([idx])[0]}: {e.reason}; {hint}")
-    bad = find_bad(cat.files(np.unique(indices)))
+        return DataError(f"rank {world.rank}: cannot decode {cat.files([idx])[0]}: {e.reason}; {BAD_DATA_HINT}")
+    bad = describe_bad(cat.files(np.unique(indices)))
     if bad:
-        listed = "; ".join(f"{p}: {r}" for p, r in bad[:5])
-        err = DataError(f"rank {world.rank}: bad file(s) in this rank's shard: {listed}; {hint}")
+        err = DataError(f"rank {world.rank}: {bad}")
     else:
         err = DataError(f"rank {world.rank}: the data loader failed: {e}")
     err.unclean = bool(getattr(e, "broken", False))

@@ -35,6 +35,19 @@ def check_image(path: str) -> Optional[str]:
     return None
 
 
+BAD_DATA_HINT = "run `dap-hvd verify-data` on the dataset, or train with --on-bad-sample skip"
+
+
+def describe_bad(paths: list[str]) -> Optional[str]:
+    """One line naming the files of `paths` that do not decode (the first five), with what to do;
+    None if every one decodes."""
+    bad = find_bad(paths)
+    if not bad:
+        return None
+    listed = "; ".join(f"{p}: {r}" for p, r in bad[:5])
+    return f"bad file(s) in this rank's shard: {listed}; {BAD_DATA_HINT}"
+
+
 def find_bad(paths: list[str], workers: int = 4) -> list[tuple[str, str]]:
     """(path, reason) for each path that does not decode, in input order."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
