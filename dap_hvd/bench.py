@@ -141,7 +141,8 @@ def bench_gpu(work: Path, repeats: int, batch: int = 256, steps: int = 30) -> di
     import nvidia.dali
 
     from dap_hvd.engine import Precision
-    from dap_hvd.loaders import Loaders, LoaderSpec, make_loader
+    from dap_hvd.data.loaders import Loaders, make_loader
+    from dap_hvd.data.spec import LoaderSpec
     from dap_hvd.models import build_model
 
     dev = torch.device("cuda", 0)
@@ -275,9 +276,10 @@ def bench_selection(num_samples: int, worlds=(2, 4)) -> list:
 def bench_loaders(work: Path, repeats: int, images: int = 384) -> dict:
     """DALI CPU pipeline vs torchvision DataLoader on the same ImageNet-sized JPEGs, 224 crops,
     2 threads / 2 workers, alternating rounds."""
-    from dap_hvd.catalog import load_catalog
-    from dap_hvd.loaders import LoaderSpec, make_loader
-    from dap_hvd.sample_data import SampleSpec, make_sample_data
+    from dap_hvd.data.catalog import load_catalog
+    from dap_hvd.data.loaders import make_loader
+    from dap_hvd.data.spec import LoaderSpec
+    from dap_hvd.data.sample_data import SampleSpec, make_sample_data
 
     root = make_sample_data(work / "big", SampleSpec(num_classes=4, train_per_class=images // 4, val_per_class=2,
                                                       redundancy=1, image_size=448, seed=3))
@@ -305,7 +307,8 @@ def _switch_cost(cat, idx: np.ndarray, changes: int = 20) -> dict:
     """A subset change, from the new file list to the first batch: a pipeline built for the new
     list (what every epoch paid before the pipeline became persistent) against the run's
     persistent pipeline fed the list, alternating, same lists."""
-    from dap_hvd.loaders import Loaders, LoaderSpec, make_loader
+    from dap_hvd.data.loaders import Loaders, make_loader
+    from dap_hvd.data.spec import LoaderSpec
 
     rng = np.random.default_rng(7)
     persistent = Loaders("dali")
@@ -340,8 +343,8 @@ def _sched_args(epochs=None, reuse=None) -> list:
 
 
 def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
-    from dap_hvd.catalog import load_catalog
-    from dap_hvd.schedule import Schedule, plan
+    from dap_hvd.data.catalog import load_catalog
+    from dap_hvd.policy.schedule import Schedule, plan
 
     ratio = plan(Schedule(SCHED["epochs"], SCHED["warmup"], SCHED["interval"], SCHED["keep"], None, SCHED["reuse"]),
                  num_samples=len(load_catalog(data, "train"))).compute_ratio
@@ -374,7 +377,7 @@ def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
 
 def bench_redundancy(work: Path, seeds: int, levels=(1, 4, 12)) -> dict:
     """Table 4: DaP's gap to full data as the near-duplicate count varies, same image count."""
-    from dap_hvd.sample_data import SampleSpec, make_sample_data
+    from dap_hvd.data.sample_data import SampleSpec, make_sample_data
 
     out = {}
     for r in levels:
@@ -585,7 +588,7 @@ def main(argv=None) -> int:
     stamp = dict(date=raw["machine"]["date"], command=raw["command"])
     work = Path(tempfile.mkdtemp(prefix="dap-bench-"))
     os.environ.setdefault("DAP_HVD_CACHE", str(work / "cache"))
-    from dap_hvd.sample_data import make_sample_data
+    from dap_hvd.data.sample_data import make_sample_data
 
     data = make_sample_data(work / "sample")
     t0 = time.time()

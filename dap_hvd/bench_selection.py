@@ -18,9 +18,9 @@ import torch
 
 from dap_hvd import dist
 from dap_hvd.ledger import LossLedger
-from dap_hvd.schedule import keep_count
-from dap_hvd.selection import get_strategy
-from dap_hvd.sharding import shard_for_rank
+from dap_hvd.policy.schedule import keep_count
+from dap_hvd.policy.policies import drop_keep
+from dap_hvd.data.sharding import shard_for_rank
 
 
 def _status(field: str) -> float:
@@ -54,7 +54,7 @@ def main() -> None:
     for s in range(0, len(shard.indices), 256):
         idx = torch.from_numpy(shard.indices[s:s + 256])
         ledger.record(idx, torch.from_numpy(losses[shard.indices[s:s + 256]]), torch.from_numpy(shard.valid[s:s + 256]))
-    strategy = get_strategy("dap")
+    strategy = drop_keep("dap")
     results = {}
     for method in ("allreduce", "allgather"):
         times, sent, mem = [], [], []

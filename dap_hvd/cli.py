@@ -26,13 +26,31 @@ def _schedule_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reuse", help="R: comma list of epochs after which all data comes back (none: never)")
 
 
+def _policy_flags(p: argparse.ArgumentParser) -> None:
+    from dap_hvd.policy.policies import POLICIES
+
+    g = p.add_argument_group("data policy")
+    g.add_argument("--strategy", help="; ".join(f"{k}: {v}" for k, v in POLICIES.items()) + " (default dap)")
+    g.add_argument("--prune-ratio", type=float, help="infobatch r: below-mean samples are pruned with this "
+                   "probability, the kept ones' losses scaled by 1/(1-r) (default 0.5)")
+    g.add_argument("--anneal", type=float, help="infobatch delta: the first floor(delta x E) epochs prune, the "
+                   "rest use all data (default 0.875)")
+    g.add_argument("--fraction", type=float, help="rs2 r: the share of the data each epoch trains (default 0.5)")
+
+
+_POLICY_KEYS = ("prune_ratio", "anneal", "fraction")
+
+
 def _schedule_overrides(a: argparse.Namespace) -> dict:
     return {k: getattr(a, k) for k in ("preset", "epochs", "warmup", "interval", "keep", "active", "reuse")}
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from dap_hvd.config import _schedule  # the same resolution `train` uses
-    from dap_hvd.schedule import PRESET_LR_STEPS, PRESETS, plan
+    """The plan without torch or pydantic: flags are typed by argparse, a --config file by YAML,
+    and the Schedule and policy classes check the ranges (the same checks `train` runs)."""
+    from dap_hvd.config import POLICY_PARAMS, _csv, _schedule  # the same resolution `train` uses
+    from dap_hvd.policy.policies import make_policy
+    from dap_hvd.policy.schedule import PRESET_LR_STEPS, PRESETS
 
     if a.list_presets:
         for name, p in PRESETS.items():
@@ -40,36 +58,65 @@ def cmd_plan(a: argparse.Namespace) -> int:
                   f"alpha={p['active'] or 'unlimited'} R={','.join(map(str, p['reuse'])) or '-'} "
                   f"LR x0.1 after {','.join(map(str, PRESET_LR_STEPS[name]))}")
         return 0
-    values = {}
-    if a.config:  # the schedule section of a training config, flags beside it override it
+    values, params, strategy = {}, {}, None
+    if a.config:  # the schedule and policy of a training config; flags beside it override them
         from dap_hvd.config import _read_yaml
 
-        values = _read_yaml(a.config).get("schedule") or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"--config: {a.config}: 'schedule' must be a mapping")
+        raw = _read_yaml(a.config)
+        values, params, strategy = raw.get("schedule") or {}, raw.get("policy") or {}, raw.get("strategy")
+        for name, section in (("schedule", values), ("policy", params)):
+            if not isinstance(section, dict):
+                raise ConfigError(f"--config: {a.config}: '{name}' must be a mapping")
     values.update({k: v for k, v in _schedule_overrides(a).items() if v is not None})
-    p = plan(_schedule(values, default_preset="imagenet"), num_samples=a.num_samples)
+    try:
+        if "reuse" in values:
+            values["reuse"] = () if values["reuse"] is None else tuple(int(v) for v in _csv(values["reuse"]))
+        if "active" in values:
+            active = values["active"]
+            values["active"] = None if str(active).strip().lower() in ("none", "inf", "unlimited", "") else int(active)
+    except ValueError as e:
+        raise ConfigError(f"--reuse/--active: expected whole epochs or none ({e})") from None
+    params.update({k: getattr(a, k) for k in _POLICY_KEYS if getattr(a, k) is not None})
+    name = a.strategy or strategy or "dap"
+    for key in params:
+        users = [n for n, keys in POLICY_PARAMS.items() if key in keys]
+        if name not in users:
+            raise ConfigError(f"--{key.replace('_', '-')}: applies to --strategy {' or '.join(users) or '(none)'}, "
+                              f"not --strategy {name}")
+    policy = make_policy(name, _schedule(values, default_preset="imagenet"),
+                         **{k: params[k] for k in _POLICY_KEYS if k in params})
+    p = policy.plan(a.num_samples)
     if a.json:
         print(json.dumps(p.to_dict(), indent=1))
         return 0
     s = p.schedule
-    print(f"E={s.epochs} W={s.warmup} I={s.interval} p={s.keep} alpha={s.active or 'unlimited'} "
-          f"R={','.join(map(str, s.reuse)) or '-'}" + (f" N={p.num_samples}" if p.num_samples else ""))
-    print(f"{'epoch':>5}  {'fraction':>8}  {'size':>10}  {'event':<7} after")
+    if p.policy in ("dap", "random"):
+        what = (f"E={s.epochs} W={s.warmup} I={s.interval} p={s.keep} alpha={s.active or 'unlimited'} "
+                f"R={','.join(map(str, s.reuse)) or '-'}")
+    else:
+        what = " ".join([f"E={s.epochs}"] + [f"{k}={v}" for k, v in p.params.items()])
+    print(f"{p.policy}: {what}" + (f" N={p.num_samples}" if p.num_samples else ""))
+    print(f"{'epoch':>5}  {'fraction':>15}  {'size':>17}  {'event':<7} after")
     for e in p.epochs:
-        size = "-" if e.size is None else str(e.size)
-        print(f"{e.epoch:>5}  {e.fraction:>8.4f}  {size:>10}  {e.event:<7} {e.after}")
-    print(f"compute ratio: {p.compute_ratio:.4f} ({p.compute_ratio:.1%} of full-data training)")
+        fraction = f"{e.fraction:.4f}" if e.exact else f"{e.low_fraction:.4f}..{e.fraction:.4f}"
+        size = "-" if e.size is None else (str(e.size) if e.exact else f"{e.low_size}..{e.size}")
+        print(f"{e.epoch:>5}  {fraction:>15}  {size:>17}  {e.event:<7} {e.after}")
+    if p.exact:
+        print(f"compute ratio: {p.compute_ratio:.4f} ({p.compute_ratio:.1%} of full-data training)")
+    else:
+        low, high = p.compute_bounds
+        print(f"compute ratio: {low:.4f}..{high:.4f} (depends on the losses; the lower bound is in expectation, "
+              f"if all but one sample scored below the mean; summary.json has the measured value)")
     return 0
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train under horovodrun / mpirun / SLURM, or as one process")
-    p.add_argument("--config", help="YAML file (sections: schedule, data, optim; CLI flags override it)")
+    p.add_argument("--config", help="YAML file (sections: schedule, policy, data, optim; CLI flags override it)")
     _schedule_flags(p)
     B = argparse.BooleanOptionalAction
+    _policy_flags(p)
     g = p.add_argument_group("run")
-    g.add_argument("--strategy", help="dap (hardest p, the paper) | random (same schedule, uniform keep) | full")
     g.add_argument("--model", help="resnet18..152, densenet121/169, mobilenet_v2, mobilenet_v1, resnet_small "
                    "(default: resnet50; resnet_small on the sample data)")
     g.add_argument("--data", dest="root", help="ImageNet-layout root (default: the embedded sample dataset)")
@@ -191,7 +238,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_make_sample_data(a: argparse.Namespace) -> int:
-    from dap_hvd.sample_data import SampleSpec, make_sample_data
+    from dap_hvd.data.sample_data import SampleSpec, make_sample_data
 
     spec = SampleSpec(num_classes=a.classes, train_per_class=a.train_per_class, val_per_class=a.val_per_class,
                       redundancy=a.redundancy, hard_fraction=a.hard_fraction, image_size=a.image_size, seed=a.seed)
@@ -202,7 +249,7 @@ def cmd_make_sample_data(a: argparse.Namespace) -> int:
 
 
 def cmd_verify_data(a: argparse.Namespace) -> int:
-    from dap_hvd.verify import verify_data
+    from dap_hvd.data.verify import verify_data
 
     if not Path(a.root).is_dir():
         raise ConfigError(f"verify-data: {a.root} is not a directory")
@@ -225,10 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dap-hvd", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dap-hvd {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("plan", help="print the per-epoch DaP plan and its compute ratio")
+    p = sub.add_parser("plan", help="print the per-epoch plan of a data policy and its compute ratio")
     _schedule_flags(p)
+    _policy_flags(p)
     p.add_argument("--num-samples", type=int, help="N: exact integer subset sizes")
-    p.add_argument("--config", help="read the schedule section of a training YAML config (flags override it)")
+    p.add_argument("--config", help="read the strategy, schedule and policy of a training YAML config (flags override them)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and their LR decay epochs")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)

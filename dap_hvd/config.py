@@ -1,43 +1,51 @@
 """The one place configuration comes from: defaults < YAML file < CLI flags, validated here.
 
-Every value lands in a frozen dataclass. Errors name the YAML key and the CLI flag, so a user can
-fix them without reading code. No torch import: `dap-hvd plan` and config checks start fast.
+Every value lands in a frozen dataclass. Types and choices are checked by pydantic against the
+dataclass annotations (imported only when a config is loaded, so `dap-hvd plan` stays fast);
+ranges and combinations are checked below. Errors name the YAML key and the CLI flag, every bad
+field at once, so a user can fix them without reading code. No torch import.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from dap_hvd import ConfigError
-from dap_hvd.schedule import PRESET_LR_STEPS, PRESETS, Schedule
+from dap_hvd.policy.policies import POLICIES, make_policy, needs_scores_ever
+from dap_hvd.policy.schedule import PRESET_LR_STEPS, PRESETS, Schedule
 
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
           "densenet169", "mobilenet_v2", "mobilenet_v1", "resnet_small")
+Model = Literal[MODELS]
+Strategy = Literal[tuple(POLICIES)]
+# pydantic's rules for every section: unknown keys are errors, and inf/nan are not numbers here.
+_STRICT = {"extra": "forbid", "allow_inf_nan": False}
 
 
 def default_sample_root() -> Path:
-    from dap_hvd.catalog import cache_root
+    from dap_hvd.data.catalog import cache_root
 
     return cache_root() / "sample-data"
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    __pydantic_config__ = _STRICT
+
     root: Optional[str] = None  # ImageNet layout root; None: the embedded sample dataset
     train_list: Optional[str] = None  # optional "path label" file list (paths relative to root)
     val_list: Optional[str] = None
-    loader: str = "dali"  # dali | torch
-    dali_device: str = "auto"  # auto (gpu if CUDA) | cpu | gpu
+    loader: Literal["dali", "torch"] = "dali"
+    dali_device: Literal["auto", "cpu", "gpu"] = "auto"  # auto: gpu if CUDA
     image_size: Optional[int] = None  # train crop; None: 224, or 32 on the sample data
     val_resize: Optional[int] = None  # shorter side before the center crop; None: size * 256/224
     batch_size: int = 64  # per rank
     workers: Optional[int] = None  # decode threads (DALI) / worker processes (torch) per rank; None: from the cores
     hw_decoder_load: Optional[float] = None  # share of JPEGs for the GPU's hardware decoder; None: DALI's 0.65
-    on_bad_sample: str = "error"  # error | skip
+    on_bad_sample: Literal["error", "skip"] = "error"
     min_crop_area: Optional[float] = None  # RandomResizedCrop area floor; None: 0.08, or 0.25 on sample data
     color_jitter: float = 0.0  # brightness/contrast/saturation strength (Bag of Tricks 2.1)
     pca_lighting: float = 0.0  # AlexNet-style PCA noise std (Bag of Tricks uses 0.1)
@@ -51,35 +59,55 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    __pydantic_config__ = _STRICT
+
     lr: Optional[float] = None  # None: 0.1 * global_batch / 256 (Goyal et al.); 0.8 * ... on sample data
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
     no_bias_decay: bool = True  # no weight decay on biases and BN parameters (Bag of Tricks 3.1)
     label_smoothing: float = 0.1
-    lr_schedule: str = "step"  # step (x0.1 at lr_steps) | cosine
+    lr_schedule: Literal["step", "cosine"] = "step"  # step: x0.1 after each lr_steps epoch
     lr_steps: Optional[tuple[int, ...]] = None  # x0.1 after these epochs; None: the preset's (imagenet 30,60,90)
     lr_warmup_epochs: Optional[float] = None  # gradual warm-up in full-data epochs; None: 5, or 1 on sample data
     zero_gamma: bool = True
     fp16_allreduce: bool = False  # horovod gradient compression
-    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | off | bf16 | fp16
-    channels_last: str = "auto"  # auto (on GPU) | on | off
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, off on CPU
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on GPU
     sync_bn: bool = False
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """The parameters of the policies other than DaP's (whose schedule has its own section)."""
+
+    __pydantic_config__ = _STRICT
+
+    prune_ratio: float = 0.5  # infobatch r: a below-mean sample is pruned with this probability
+    anneal: float = 0.875  # infobatch delta: the first floor(delta * E) epochs prune, the rest use all data
+    fraction: float = 0.5  # rs2 r: the share of the data each epoch trains
+
+
+# Which policy reads which parameter: a parameter given for another policy is a mistake.
+POLICY_PARAMS = {"infobatch": ("prune_ratio", "anneal"), "rs2": ("fraction",)}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    __pydantic_config__ = _STRICT
+
     schedule: Schedule
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    strategy: str = "dap"  # a name in selection.STRATEGIES: dap | random | full
-    model: Optional[str] = None  # None: resnet50, or resnet_small on the sample data
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    strategy: Strategy = "dap"  # a name in policies.POLICIES
+    model: Optional[Model] = None  # None: resnet50, or resnet_small on the sample data
     seed: int = 0
     out: str = "runs/dap"
     resume: Optional[str] = None
     eval_every: int = 1
     keep_checkpoints: int = 2
-    merge: str = "allreduce"  # how losses meet on rank 0: allreduce (dense) | allgather
+    merge: Literal["allreduce", "allgather"] = "allreduce"  # how losses meet: dense sum | (index, loss) pairs
     metrics_port: int = 0  # 0: off; else rank r serves on metrics_port + local_rank
     metrics_host: str = "0.0.0.0"
     metrics_linger: float = 0.0  # keep serving this long after training, for a last scrape
@@ -126,6 +154,11 @@ class TrainConfig:
     def lr_steps(self) -> tuple[int, ...]:
         return self.optim.lr_steps or ()  # resolved from the preset by load_config
 
+    def make_policy(self):
+        p = self.policy
+        return make_policy(self.strategy, self.schedule, prune_ratio=p.prune_ratio, anneal=p.anneal,
+                           fraction=p.fraction)
+
     @property
     def data_root(self) -> Path:
         return Path(self.data.root) if self.data.root else default_sample_root()
@@ -136,22 +169,14 @@ class TrainConfig:
         return d
 
 
-# name in CLI/YAML -> (section, field). Flags use dashes, YAML keys underscores.
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig}
-_SCHEDULE_KEYS = ("preset", "epochs", "warmup", "interval", "keep", "active", "reuse")
-_CHOICES = {
-    ("data", "loader"): ("dali", "torch"),
-    ("data", "dali_device"): ("auto", "cpu", "gpu"),
-    ("data", "on_bad_sample"): ("error", "skip"),
-    ("optim", "lr_schedule"): ("step", "cosine"),
-    ("optim", "amp"): ("auto", "off", "bf16", "fp16"),
-    ("optim", "channels_last"): ("auto", "on", "off"),
-    (None, "model"): MODELS,
-    (None, "merge"): ("allreduce", "allgather"),
-}
-
-
+# Sections of the YAML file, and the dataclass each one fills. Flags use dashes, keys underscores.
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "policy": PolicyConfig}
+# The schedule section is resolved against a preset (and so are the LR decay epochs); its types:
+_SCHEDULE_TYPES = {"preset": str, "epochs": int, "warmup": int, "interval": int, "keep": float,
+                   "active": Optional[int], "reuse": tuple[int, ...]}
+_LISTS = ("reuse", "lr_steps")  # also given as "30,60,90", or none
 _FLAGS = {"root": "--data"}  # where the CLI flag is not the key's name
+_NONE_WORDS = ("none", "inf", "unlimited", "")
 
 
 def _where(section: Optional[str], key: str) -> str:
@@ -159,68 +184,38 @@ def _where(section: Optional[str], key: str) -> str:
     return f"{dotted} ({_FLAGS.get(key, '--' + key.replace('_', '-'))})"
 
 
-def _coerce(section: Optional[str], key: str, value: Any, annotation: str) -> Any:
-    where = _where(section, key)
-    if value is None:
-        if "Optional" not in annotation:
-            raise ConfigError(f"{where}: must be set")
-        return None
-    base = annotation.replace("Optional[", "").rstrip("]")
+def _by_field(section: Optional[str], cls, build, key: Optional[str] = None):
+    """Run a pydantic validation; its errors become one ConfigError naming every bad field
+    (`key`: the field, when a single value is validated)."""
+    from pydantic import ValidationError
+
     try:
-        if base.startswith("tuple"):
-            if isinstance(value, str):
-                value = [] if value.strip().lower() == "none" else [v for v in value.split(",") if v.strip()]
-            return tuple(int(v) for v in value)
-        if base == "bool":
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            if not isinstance(value, bool):
-                raise ValueError(value)
-            return value
-        if base == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if base == "float":
-            if isinstance(value, bool):
-                raise ValueError(value)
-            v = float(value)
-            if not math.isfinite(v):
-                raise ValueError(value)
-            return v
-        if base == "str":
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError(value)
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected {base}, got {value!r}") from None
+        return build()
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            name = key or str(err["loc"][0])
+            if err["type"] == "unexpected_keyword_argument":
+                known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+                problems.append(f"unknown config key {(section + '.' if section else '') + name!r}; known keys: {known}")
+            else:
+                problems.append(f"{_where(section, name)}: {err['msg'][0].lower() + err['msg'][1:]}, "
+                                f"got {err['input']!r}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def _section(cls, section: Optional[str], values: dict, **given) -> Any:
+    """cls(**values, **given), type-checked field by field. `given` are built already."""
+    from pydantic import TypeAdapter
+
+    return _by_field(section, cls, lambda: TypeAdapter(cls).validate_python({**values, **given}))
+
+
+def _csv(value: Any) -> Any:
+    """The CLI's (and YAML's, if quoted) list syntax: "30,60,90", or none/"" for the empty list."""
+    if isinstance(value, str):
+        return [] if value.strip().lower() in _NONE_WORDS else [v.strip() for v in value.split(",") if v.strip()]
     return value
-
-
-def _build(cls, section: Optional[str], values: dict, **given) -> Any:
-    """cls(**values) with each value coerced to its field's type; `given` are built already."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in given}
-    kwargs = dict(given)
-    for key, value in values.items():
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key {(section + '.' if section else '') + key!r}; known keys: {known}")
-        kwargs[key] = _coerce(section, key, value, str(fields[key].type))
-        choices = _CHOICES.get((section, key))
-        if choices and kwargs[key] is not None and kwargs[key] not in choices:
-            raise ConfigError(f"{_where(section, key)}: {kwargs[key]!r} is not one of {', '.join(choices)}")
-    return cls(**kwargs)
-
-
-def _check(cond: bool, section: Optional[str], key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{_where(section, key)}: {msg}")
 
 
 def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = None,
@@ -246,15 +241,14 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
         if not section:
             section = _section_of(name)
         tree[section or None][name] = value
+    if "lr_steps" in tree["optim"]:
+        tree["optim"]["lr_steps"] = _csv(tree["optim"]["lr_steps"])
 
-    sched = tree["schedule"]
-    for key in sched:
-        if key not in _SCHEDULE_KEYS:
-            raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(_SCHEDULE_KEYS)}")
-    data = _build(DataConfig, "data", tree["data"])
-    optim = _build(OptimConfig, "optim", tree["optim"])
-    preset = sched.get("preset") or ("sample" if data.is_sample else "imagenet")
-    schedule = _schedule(sched, default_preset=preset)
+    data = _section(DataConfig, "data", tree["data"])
+    optim = _section(OptimConfig, "optim", tree["optim"])
+    policy = _section(PolicyConfig, "policy", tree["policy"])
+    preset = tree["schedule"].get("preset") or ("sample" if data.is_sample else "imagenet")
+    schedule = _schedule(_schedule_values(tree["schedule"]), default_preset=preset)
     if optim.lr_steps is None:  # the preset's decay epochs; a preset value that no longer fits is named
         steps = PRESET_LR_STEPS.get(preset, ())
         late = [e for e in steps if e > schedule.epochs]
@@ -263,13 +257,42 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
                               f"{','.join(map(str, late))}, beyond --epochs {schedule.epochs}; "
                               f"pass --lr-steps to override it (e.g. --lr-steps {max(1, schedule.epochs * 2 // 3)})")
         optim = dataclasses.replace(optim, lr_steps=tuple(steps))
-    cfg = _build(TrainConfig, None, tree[None], schedule=schedule, data=data, optim=optim)
+    cfg = _section(TrainConfig, None, tree[None], schedule=schedule, data=data, optim=optim, policy=policy)
+    _check_policy_params(cfg, given=set(tree["policy"]))
     _validate(cfg)
     return cfg
 
 
+def _schedule_values(values: dict) -> dict:
+    """The schedule section with its types checked by pydantic, key by key (presence matters: a
+    key given as null means 'none', a key left out means 'the preset's')."""
+    from pydantic import TypeAdapter
+
+    out = {}
+    for key, value in values.items():
+        if key not in _SCHEDULE_TYPES:
+            raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(_SCHEDULE_TYPES)}")
+        if key == "reuse":
+            value = () if value is None else _csv(value)
+        elif key == "active" and isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
+            value = None
+        out[key] = _by_field("schedule", Schedule, lambda: TypeAdapter(_SCHEDULE_TYPES[key]).validate_python(value),
+                             key=key)
+    return out
+
+
+def _check_policy_params(cfg: TrainConfig, given: set) -> None:
+    """A policy parameter given for another policy would be silently ignored: refuse it."""
+    for key in sorted(given):
+        users = [name for name, keys in POLICY_PARAMS.items() if key in keys]
+        if cfg.strategy not in users:
+            raise ConfigError(f"{_where('policy', key)}: applies to --strategy {' or '.join(users)}, "
+                              f"not --strategy {cfg.strategy}")
+    cfg.make_policy()  # each policy checks the ranges of its own parameters
+
+
 def _section_of(name: str) -> Optional[str]:
-    if name in _SCHEDULE_KEYS:
+    if name in _SCHEDULE_TYPES:
         return "schedule"
     for section, cls in _SECTIONS.items():
         if name in {f.name for f in dataclasses.fields(cls)}:
@@ -277,25 +300,15 @@ def _section_of(name: str) -> Optional[str]:
     return None
 
 
-_NONE_WORDS = ("none", "inf", "unlimited", "")
-
-
 def _schedule(values: dict, default_preset: str) -> Schedule:
+    """A Schedule from a preset and the values given beside it (already typed: by pydantic for a
+    config, by argparse for `plan`); Schedule checks their ranges."""
     values = dict(values)
     preset = values.pop("preset", None) or default_preset
     if preset not in PRESETS:
         raise ConfigError(f"schedule.preset (--preset): unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     params = dict(PRESETS[preset])
-    for key, value in values.items():
-        if key == "reuse":
-            value = () if value is None else _coerce("schedule", key, value, "tuple[int, ...]")  # "none", "" too
-        elif key == "active":
-            value = None if str(value).lower() in _NONE_WORDS else _coerce("schedule", key, value, "int")
-        elif key == "keep":
-            value = _coerce("schedule", key, value, "float")
-        else:
-            value = _coerce("schedule", key, value, "int")
-        params[key] = value
+    params.update(values)
     if "reuse" not in values:  # R came from the preset: say so when the user's flags no longer fit it
         misfit = [r for r in params["reuse"] if not params["warmup"] < r <= params["epochs"]]
         if misfit:
@@ -307,11 +320,13 @@ def _schedule(values: dict, default_preset: str) -> Schedule:
     return Schedule(**params)
 
 
+def _check(cond: bool, section: Optional[str], key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{_where(section, key)}: {msg}")
+
+
 def _validate(cfg: TrainConfig) -> None:
     d, o = cfg.data, cfg.optim
-    from dap_hvd.selection import get_strategy  # the registry is the one list of names
-
-    get_strategy(cfg.strategy)
     _check(d.batch_size >= 1, "data", "batch_size", f"must be >= 1, got {d.batch_size}")
     _check(d.workers is None or d.workers >= 1, "data", "workers", f"must be >= 1, got {d.workers}")
     _check(d.hw_decoder_load is None or 0 <= d.hw_decoder_load <= 1, "data", "hw_decoder_load",
@@ -346,9 +361,9 @@ def _validate(cfg: TrainConfig) -> None:
     _check(cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1, None, "max_steps_per_epoch", "must be >= 1")
     # A capped epoch trains only part of the subset, so a loss-driven selection would rank
     # samples it never saw. Refused rather than silently selecting among a part.
-    _check(cfg.max_steps_per_epoch is None or not get_strategy(cfg.strategy).needs_losses, None,
-           "max_steps_per_epoch", f"cannot be combined with --strategy {cfg.strategy}, which ranks every sample "
-           f"of the subset by its loss; a capped epoch sees only part of it (use --strategy random or full "
+    _check(cfg.max_steps_per_epoch is None or not needs_scores_ever(cfg.strategy), None,
+           "max_steps_per_epoch", f"cannot be combined with --strategy {cfg.strategy}, which ranks samples "
+           f"by their losses; a capped epoch sees only part of the subset (use --strategy random, rs2 or full "
            f"to debug with capped epochs)")
 
 

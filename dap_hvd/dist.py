@@ -20,7 +20,7 @@ import horovod.torch as hvd
 from horovod.common.exceptions import HorovodInternalError as CollectiveError  # noqa: F401 (re-exported)
 
 from dap_hvd import DapError, DataError
-from dap_hvd.catalog import first_difference
+from dap_hvd.data.catalog import first_difference
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dap_hvd.ledger import LossLedger
-from dap_hvd.loaders import Loader
+from dap_hvd.data.spec import Loader
 from dap_hvd.lr import LRSchedule
-from dap_hvd.sharding import decode_labels
+from dap_hvd.data.sharding import decode_labels
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,21 @@ class EpochStats:
     seconds: float
     data_seconds: float  # time spent waiting for the loader
     last_lr: float
-    global_step: int  # after the epoch
+    global_step: float  # the LR position after the epoch
 
 
 def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smoothing: float,
                     lr_schedule: LRSchedule, global_step: int, class_of: torch.Tensor, precision: Precision,
-                    ledger: Optional[LossLedger] = None, scaler: Optional["torch.amp.GradScaler"] = None,
+                    step_scale: float = 1.0, ledger: Optional[LossLedger] = None,
+                    weight_of: Optional[torch.Tensor] = None, scaler: Optional["torch.amp.GradScaler"] = None,
                     max_steps: Optional[int] = None, progress=None, metrics=None) -> EpochStats:
     """One pass over `loader`. `global_step` is where this epoch starts in the plan, so the LR
     follows the plan's epoch boundaries whatever happened before (a resume, another world size).
+    Step k of the epoch takes the LR at global_step + k * step_scale: 1 where the plan knew the
+    epoch's size, more where a policy (InfoBatch) made it shorter than the plan's full-data span.
+
+    `weight_of` (by global index) scales each sample's loss in the gradient: InfoBatch's 1/(1-r)
+    on the kept well-learned samples. The ledger never sees the weights.
 
     The gradient uses the label-smoothed loss; the ledger records plain softmax cross-entropy of
     the same fp32 logits (the paper's selection signal, section 3.3). The smoothed loss is not
@@ -65,14 +71,15 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
     loss_sum = torch.zeros((), device=dev)
     loss_count = torch.zeros((), device=dev, dtype=torch.int64)
     samples = steps = 0
-    lr = lr_schedule(global_step)
+    start = global_step
+    lr = lr_schedule(start)
     t_start = t_prev = time.perf_counter()
     data_seconds = 0.0
     for batch in loader:
         t_data = time.perf_counter()
         wait = t_data - t_prev
         data_seconds += wait
-        lr = lr_schedule(global_step)
+        lr = lr_schedule(start + steps * step_scale)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images = precision.to_device(batch.images)
@@ -84,7 +91,7 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
             logits = model(images)
         logits = logits.float()  # losses in fp32, also under bf16/fp16 autocast
         per_sample = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
-        loss = per_sample.mean()
+        loss = per_sample.mean() if weight_of is None else (per_sample * weight_of[indices]).mean()
         if scaler is not None:  # fp16: unscale after Horovod's allreduce, step without a 2nd sync
             scaler.scale(loss).backward()
             optimizer.synchronize()
@@ -105,7 +112,6 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
         n = images.shape[0]
         samples += n
         steps += 1
-        global_step += 1
         t_prev = time.perf_counter()
         if metrics is not None:
             metrics.observe_step(step_seconds=t_prev - t_data, wait_seconds=wait)
@@ -115,7 +121,7 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
             break
     return EpochStats(samples=samples, steps=steps, loss_sum=float(loss_sum),
                       loss_count=int(loss_count), seconds=time.perf_counter() - t_start,
-                      data_seconds=data_seconds, last_lr=lr, global_step=global_step)
+                      data_seconds=data_seconds, last_lr=lr, global_step=start + steps * step_scale)
 
 
 @torch.no_grad()

@@ -16,10 +16,10 @@ from typing import Optional
 import torch
 
 from dap_hvd import DapError, dist
-from dap_hvd.catalog import load_catalog
+from dap_hvd.data.catalog import load_catalog
 from dap_hvd.checkpoint import list_checkpoints
 from dap_hvd.config import load_config
-from dap_hvd.loaders import Loaders
+from dap_hvd.data.loaders import Loaders
 from dap_hvd.models import build_model
 from dap_hvd.train import _pin_device, _precision, ensure_data, evaluate_split
 

@@ -18,7 +18,7 @@ _WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5
 
 class Metrics:
     def __init__(self, *, rank: int, local_rank: int, run_id: str, port: int = 0, host: str = "0.0.0.0",
-                 pushgateway: Optional[str] = None):
+                 pushgateway: Optional[str] = None, strategy: str = "dap"):
         self.registry = CollectorRegistry(auto_describe=True)
         self.rank, self.run_id, self.pushgateway = rank, run_id, pushgateway
         self.port = port + local_rank if port else 0
@@ -53,6 +53,11 @@ class Metrics:
         self.checkpoint_seconds = hist("dap_checkpoint_duration_seconds", "Time to write a checkpoint.",
                                        (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60))
         self.skipped = counter("dap_skipped_samples_total", "Bad samples excluded from training.")
+        Gauge("dap_policy_info", "The run's data policy (value 1), by its name in the strategy label.",
+              (*labels, "strategy"), registry=r).labels(*lv, strategy).set(1)
+        self.weighted = gauge("dap_weighted_samples", "Samples of the last epoch whose loss weight was not 1 "
+                              "(InfoBatch's rescaled samples).")
+        self.scored = gauge("dap_scored_samples", "Samples with a score in the per-sample score table.")
         self._server = None
         if self.port:
             try:

@@ -98,8 +98,8 @@ def _explain(sig: int, note: str) -> Crash:
                      f"scheduler", False)
     if not os.path.exists(note):
         return Crash(f"the trainer crashed ({name}) before it read any data", False)
-    from dap_hvd.catalog import load_catalog
-    from dap_hvd.verify import describe_bad
+    from dap_hvd.data.catalog import load_catalog
+    from dap_hvd.data.verify import describe_bad
 
     info = json.loads(Path(note).read_text())
     indices = np.load(note + ".npy")

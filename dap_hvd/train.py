@@ -2,8 +2,9 @@
 
 init -> pin device -> data (same on every rank) -> model -> scale LR -> DistributedOptimizer ->
 resume -> broadcast state (optimizer, then parameters) -> for each epoch: shard the selection, train
-(recording losses), let the schedule decide, merge losses + select on rank 0 + broadcast, average
-BatchNorm statistics, evaluate, checkpoint. Rank 0 alone writes files.
+(recording losses when the policy asks for scores), merge them into the score table, the policy
+selects on rank 0 and broadcasts, average BatchNorm statistics, evaluate, checkpoint. Rank 0
+alone writes files.
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ import numpy as np
 import torch
 
 from dap_hvd import ConfigError, DataError, DapError, dist
-from dap_hvd.catalog import Catalog, cache_root, load_catalog
+from dap_hvd.data.catalog import Catalog, cache_root, load_catalog
 from dap_hvd.checkpoint import load_latest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
 from dap_hvd.devices import gpu_index
 from dap_hvd.engine import Precision, evaluate, train_one_epoch
 from dap_hvd.ledger import LossLedger
-from dap_hvd.loaders import BadSampleError, LoaderError, Loaders, LoaderSpec
+from dap_hvd.data.loaders import Loaders
+from dap_hvd.data.spec import BadSampleError, LoaderError, LoaderSpec
 from dap_hvd.lr import build_lr_schedule
 from dap_hvd.models import build_model, fp32_classifier, param_groups
-from dap_hvd.schedule import DROP, PICK, DapState, Plan, decide, initial_state, keep_count, plan
-from dap_hvd.selection import check_finite, get_strategy, selection_digest
-from dap_hvd.sharding import shard_for_rank
+from dap_hvd.policy.policies import Context, Policy, Selection, check_finite, selection_digest
+from dap_hvd.policy.schedule import DROP, PICK, DapState, Plan
+from dap_hvd.policy.scores import ScoreTable
+from dap_hvd.data.sharding import shard_for_rank
 from dap_hvd.supervise import note_loader
 
 log = logging.getLogger("dap_hvd")
@@ -47,8 +50,9 @@ class RunState:
     """What a checkpoint restores: everything the next epoch depends on."""
 
     epoch: int = 0  # last completed epoch
-    selection: Optional[np.ndarray] = None  # sorted global indices the next epoch trains on
-    dap: Optional[DapState] = None
+    selection: Optional[Selection] = None  # what the next epoch trains on (indices, loss weights)
+    scores: Optional[ScoreTable] = None  # every sample's last training loss, by global index
+    policy_state: Optional[DapState] = None  # DaP's T_start / T_prev; None for the other policies
     history: list = field(default_factory=list)
     samples_trained: int = 0
     wall_seconds: float = 0.0
@@ -64,7 +68,7 @@ class Run:
     world: dist.World
     run_dir: Path
     precision: Precision
-    strategy: object
+    policy: Policy
     train_cat: Catalog
     val_cat: Catalog  # labelled by train's class names
     universe: np.ndarray  # usable training indices (bad samples excluded)
@@ -78,8 +82,13 @@ class Run:
     scaler: Optional[object]
     base_lr: float
     plan: Plan
-    epoch_starts: list  # global step at which each planned epoch starts; [-1] is the total
-    planned_samples: list  # per epoch, as planned (a step cap included)
+    # The LR's step grid: where each epoch starts and how many steps it spans. Exact plans give
+    # the real steps; where sizes depend on the scores (InfoBatch) the grid is full-data epochs
+    # and a shorter epoch walks its span faster, so the decays fall at the same epochs.
+    epoch_starts: list  # [-1] is the total
+    grid_steps: list
+    planned_min: list  # samples per epoch as planned (a step cap included); equal to max when exact
+    planned_max: list
     loaders: Optional[Loaders] = None  # persistent per split (DALI), for the whole run
     lr_schedule: object = None
     metrics: object = None
@@ -121,9 +130,11 @@ def main(cfg: TrainConfig, comm=None) -> int:
     try:
         summary = run(cfg, world, run_dir, runlog)
         if world.is_root:
-            log.info("done: top1 %.4f top5 %.4f, compute %.3f of full data (planned %.3f), %.1fs -> %s",
+            low, high = summary["compute_ratio_planned_min"], summary["compute_ratio_planned_max"]
+            log.info("done: top1 %.4f top5 %.4f, compute %.3f of full data (planned %s), %.1fs -> %s",
                      summary["top1"], summary["top5"], summary["compute_ratio_measured"],
-                     summary["compute_ratio_planned"], summary["wall_seconds"], run_dir / "summary.json")
+                     f"{high:.3f}" if low == high else f"{low:.3f}..{high:.3f}", summary["wall_seconds"],
+                     run_dir / "summary.json")
         return 0
     except DapError as e:
         runlog.fatal(world, f"dap-hvd train: error on rank {world.rank}: {e}")
@@ -175,16 +186,16 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
     state.replicas["start"] = dist.check_replicas(r.model, r.scaler, when="start-up broadcast")
     if world.is_root:
         _write_run_files(cfg, run_dir, r.base_lr)
-        log.info("%s: %d ranks x batch %d, lr %.4g, %s on %s, %d train / %d val samples, %d classes; planned compute %.3f",
+        log.info("%s: %d ranks x batch %d, lr %.4g, %s on %s, %d train / %d val samples, %d classes; planned compute %s",
                  cfg.strategy, world.size, cfg.data.batch_size, r.base_lr, cfg.model_name, r.precision.device,
-                 len(r.universe), len(r.val_cat), r.train_cat.num_classes, r.plan.compute_ratio)
+                 len(r.universe), len(r.val_cat), r.train_cat.num_classes, r.plan.describe())
         if len(r.excluded):
             log.warning("skipping %d bad training sample(s) (--on-bad-sample skip); see verify-data", len(r.excluded))
         _warn_about_setup(r)
 
     from dap_hvd.metrics import Metrics
     r.metrics = Metrics(rank=world.rank, local_rank=world.local_rank, run_id=state.run_id, port=cfg.metrics_port,
-                        host=cfg.metrics_host, pushgateway=cfg.pushgateway)
+                        host=cfg.metrics_host, pushgateway=cfg.pushgateway, strategy=cfg.strategy)
     r.metrics.skipped.inc(len(r.excluded))
     try:
         last = min(cfg.schedule.epochs, cfg.stop_after or cfg.schedule.epochs)
@@ -225,7 +236,7 @@ def _check_out_dir(cfg: TrainConfig, world: dist.World, run_dir: Path) -> None:
 
 def _warn_about_setup(r: Run) -> None:
     cfg = r.cfg
-    if cfg.strategy != "full" and cfg.schedule.warmup >= cfg.schedule.epochs:
+    if cfg.strategy in ("dap", "random") and cfg.schedule.warmup >= cfg.schedule.epochs:
         log.warning("--warmup %d >= --epochs %d: every epoch is warm-up, so nothing is ever dropped (DaP is off)",
                     cfg.schedule.warmup, cfg.schedule.epochs)
     shard = math.ceil(len(r.universe) / r.world.size)
@@ -239,7 +250,7 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
     # Each rank its own stream (dropout masks must differ across ranks); the model's initial
     # weights come from rank 0 by broadcast, so they need no common seed.
     torch.manual_seed(_seed(cfg.seed, 0, world.rank))
-    strategy = get_strategy(cfg.strategy)
+    policy = cfg.make_policy()
 
     # ---- data: the embedded sample set is generated once per node on first use
     root = ensure_data(cfg, world)
@@ -278,24 +289,23 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
     optimizer = dist.distributed_optimizer(optimizer, model, cfg.optim.fp16_allreduce)
     scaler = torch.amp.GradScaler(device.type) if precision.amp_dtype == torch.float16 else None
 
-    # ---- the plan fixes every epoch's step count: the LR is keyed to positions in it
-    sched = cfg.schedule if strategy.name != "full" else replace(cfg.schedule, keep=1.0)
-    the_plan = plan(sched, num_samples=len(universe))
+    # ---- the plan fixes every epoch's step count (or its upper bound): the LR is keyed to it
+    the_plan = policy.plan(len(universe))
     epoch_steps = [math.ceil(math.ceil(e.size / world.size) / cfg.data.batch_size) for e in the_plan.epochs]
-    planned = [e.size for e in the_plan.epochs]
+    planned_min, planned_max = [e.low_size for e in the_plan.epochs], [e.size for e in the_plan.epochs]
     if cfg.max_steps_per_epoch:
         epoch_steps = [min(s, cfg.max_steps_per_epoch) for s in epoch_steps]
         cap = cfg.max_steps_per_epoch * cfg.data.batch_size * world.size
-        planned = [min(n, cap) for n in planned]
+        planned_min, planned_max = [min(n, cap) for n in planned_min], [min(n, cap) for n in planned_max]
     starts = [0]
     for s in epoch_steps:
         starts.append(starts[-1] + s)
-    return Run(cfg=cfg, world=world, run_dir=run_dir, precision=precision, strategy=strategy, train_cat=train_cat,
+    return Run(cfg=cfg, world=world, run_dir=run_dir, precision=precision, policy=policy, train_cat=train_cat,
                val_cat=val_cat, universe=universe, excluded=excluded, val_usable=val_usable,
                dataset_digest=train_cat.digest(excluded), class_of=torch.from_numpy(train_cat.labels).to(device),
                val_class_of=torch.from_numpy(val_cat.labels).to(device), model=model, optimizer=optimizer,
-               scaler=scaler, base_lr=base_lr, plan=the_plan, epoch_starts=starts, planned_samples=planned,
-               loaders=Loaders(cfg.data.loader),
+               scaler=scaler, base_lr=base_lr, plan=the_plan, epoch_starts=starts, grid_steps=epoch_steps,
+               planned_min=planned_min, planned_max=planned_max, loaders=Loaders(cfg.data.loader),
                lr_schedule=_lr_schedule(cfg, base_lr, epoch_steps))
 
 
@@ -303,7 +313,7 @@ def ensure_data(cfg: TrainConfig, world: dist.World) -> Path:
     """The data root; the embedded sample set is generated once per node on first use."""
     if cfg.data.root is None:
         if world.local_rank == 0:
-            from dap_hvd.sample_data import make_sample_data
+            from dap_hvd.data.sample_data import make_sample_data
             make_sample_data(cfg.data_root)
         dist.barrier()
     return cfg.data_root
@@ -318,14 +328,14 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
     cfg, world = r.cfg, r.world
     t0 = time.perf_counter()
     selection = state.selection
-    decision = decide(cfg.schedule, state.dap, epoch)
-    final = epoch == cfg.schedule.epochs  # nothing trains after it: no merge, no selection
-    # Losses are only needed when this epoch ends in a drop; other epochs record nothing.
-    wants_losses = decision.action == DROP and r.strategy.needs_losses and not final
-    shard = shard_for_rank(selection, epoch=epoch, seed=cfg.seed, rank=world.rank, world=world.size,
+    final = epoch == cfg.schedule.epochs  # nothing trains after it: no scores, no selection
+    # Losses are recorded only in epochs whose scores the policy will use.
+    wants_scores = r.policy.needs_scores(epoch, state.policy_state) and not final
+    shard = shard_for_rank(selection.indices, epoch=epoch, seed=cfg.seed, rank=world.rank, world=world.size,
                            batch_size=cfg.data.batch_size)
-    ledger = LossLedger(selection, r.precision.device) if wants_losses else None
-    progress = _Progress(epoch, cfg.schedule.epochs, shard.steps, world.size, len(selection) / len(r.universe)) \
+    ledger = LossLedger(selection.indices, r.precision.device) if wants_scores else None
+    steps = min(shard.steps, cfg.max_steps_per_epoch or shard.steps)
+    progress = _Progress(epoch, cfg.schedule.epochs, steps, world.size, len(selection.indices) / len(r.universe)) \
         if world.is_root and cfg.progress else None
     loader = None
     note_loader(cfg.data_root, "train", cfg.data.train_list, shard.indices)
@@ -334,9 +344,10 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
                                       _seed(cfg.seed, epoch, world.rank), r.precision, world))
         stats = train_one_epoch(model=r.model, loader=loader, optimizer=r.optimizer,
                                 label_smoothing=cfg.optim.label_smoothing, lr_schedule=r.lr_schedule,
-                                global_step=r.epoch_starts[epoch - 1], class_of=r.class_of, precision=r.precision,
-                                ledger=ledger, scaler=r.scaler, max_steps=cfg.max_steps_per_epoch,
-                                progress=progress, metrics=r.metrics)
+                                global_step=r.epoch_starts[epoch - 1], step_scale=r.grid_steps[epoch - 1] / steps,
+                                class_of=r.class_of, precision=r.precision, ledger=ledger,
+                                weight_of=_weights_on_device(r, selection), scaler=r.scaler,
+                                max_steps=cfg.max_steps_per_epoch, progress=progress, metrics=r.metrics)
     except (BadSampleError, LoaderError) as e:
         raise _explain_bad_data(e, world, r.train_cat, shard.indices) from None
     finally:
@@ -344,32 +355,25 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
             loader.close()
         if progress:
             progress.close()
-    if stats.steps != shard.steps and not cfg.max_steps_per_epoch:
-        raise RuntimeError(f"rank {world.rank}: epoch {epoch} ran {stats.steps} steps, expected {shard.steps}")
+    if stats.steps != steps:
+        raise RuntimeError(f"rank {world.rank}: epoch {epoch} ran {stats.steps} steps, expected {steps}")
 
-    # ---- the schedule's decision: drop (merge, select on rank 0, broadcast) or pick
-    t_sel, sel_bytes = time.perf_counter(), 0
-    after = decision.action
-    if decision.action == PICK:
-        state.selection = r.universe
-    elif decision.action == DROP and final:
-        after = "end"
-    elif decision.action == DROP:
-        losses = None
-        if wants_losses:
-            merged = dist.merge_losses(selection, ledger.loss, ledger.count, method=cfg.merge, epoch=epoch,
-                                       world_size=world.size)
-            check_finite(selection, merged.losses, epoch)  # every rank holds the losses: all stop together
-            losses, sel_bytes = merged.losses, merged.bytes_sent
-        chosen = None
-        if world.is_root:
-            picked = r.strategy.select(selection, losses, keep_count(len(selection), cfg.schedule.keep),
-                                       seed=cfg.seed, epoch=epoch)
-            chosen = picked.indices
-        state.selection = dist.broadcast_indices(chosen, name=f"select.{epoch}")
-        sel_bytes += 8 * len(state.selection) * (world.size - 1) if world.is_root else 0
+    # ---- scores into the table (every rank), the policy's next selection (rank 0, broadcast)
+    t_sel, sel_bytes, scores_digest = time.perf_counter(), 0, None
+    if wants_scores:
+        merged = dist.merge_losses(selection.indices, ledger.loss, ledger.count, method=cfg.merge, epoch=epoch,
+                                   world_size=world.size)
+        check_finite(selection.indices, merged.losses, epoch)  # every rank holds the losses: all stop together
+        state.scores.update(selection.indices, merged.losses, epoch)
+        sel_bytes, scores_digest = merged.bytes_sent, state.scores.digest()
+    step = None
+    if world.is_root:
+        step = r.policy.select(Context(epoch=epoch, universe=r.universe, current=selection, scores=state.scores.loss,
+                                       seed=cfg.seed, state=state.policy_state, final=final))
+    shared = _share_step(r, step, selection, epoch)
+    state.selection, state.policy_state, after = shared.selection, shared.state, shared.action
+    sel_bytes += shared.bytes_sent
     sel_seconds = time.perf_counter() - t_sel
-    state.dap = decision.state
 
     # ---- exact global counts: sum over ranks, never average per-rank averages
     totals = dist.allreduce_sum(torch.tensor([stats.samples, stats.loss_sum, stats.loss_count], dtype=torch.float64),
@@ -385,29 +389,81 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
     state.samples_trained += samples
     seconds = time.perf_counter() - t0
     state.wall_seconds += seconds
-    padding = len(shard.indices) * world.size - len(selection)  # wrap-around duplicates, all ranks
-    record = dict(epoch=epoch, samples=samples, subset=int(len(selection)), padding=padding,
-                  selection_digest=selection_digest(selection), train_loss=loss_sum / loss_count,
+    subset = len(selection.indices)
+    padding = len(shard.indices) * world.size - subset  # wrap-around duplicates, all ranks
+    weighted = 0 if selection.weights is None else int(np.count_nonzero(selection.weights != 1))
+    record = dict(epoch=epoch, samples=samples, subset=subset, padding=padding,
+                  selection_digest=selection_digest(selection.indices), weights_digest=selection.weights_digest(),
+                  weighted=weighted, scores_digest=scores_digest, train_loss=loss_sum / loss_count,
                   lr=stats.last_lr, top1=None if acc is None else acc.top1,
                   top5=None if acc is None else acc.top5, seconds=seconds,
                   train_seconds=stats.seconds, data_wait_seconds=stats.data_seconds, world_size=world.size,
                   after=after, selection_seconds=sel_seconds)
     state.history.append(record)
-    _publish(r, state, record, stats, decision.action == DROP and not final, sel_seconds, sel_bytes)
+    _publish(r, state, record, stats, wants_scores or after == DROP, sel_seconds, sel_bytes)
     # RNG streams of every rank go into rank 0's checkpoint (a collective: every rank takes part).
     rng = _gather_rng(world)
     if world.is_root:
-        log.info("epoch %d/%d: %d samples (%.1f%% of data)%s, loss %.4f, lr %.4g%s, %.1fs; next: %s",
-                 epoch, cfg.schedule.epochs, samples, 100 * len(selection) / len(r.universe),
-                 "" if not padding else f" +{padding} pad", record["train_loss"], stats.last_lr,
+        nxt = len(state.selection.indices)
+        log.info("epoch %d/%d: %d samples (%.1f%% of data)%s%s, loss %.4f, lr %.4g%s, %.1fs; next: %s",
+                 epoch, cfg.schedule.epochs, samples, 100 * subset / len(r.universe),
+                 "" if not padding else f" +{padding} pad", f", {weighted} weighted" if weighted else "",
+                 record["train_loss"], stats.last_lr,
                  "" if acc is None else f", top1 {acc.top1:.4f} top5 {acc.top5:.4f}", seconds,
-                 {DROP: f"drop to {len(state.selection)}", PICK: "pick all data", "end": "end of run"}.get(
-                     after, "same subset"))
+                 {DROP: f"drop to {nxt}", PICK: "pick all data", "end": "end of run", "prune": f"prune to {nxt}",
+                  "draw": f"draw {nxt}", "full": "all data"}.get(after, "same subset"))
         t_ck = time.perf_counter()
         save_checkpoint(r.run_dir, epoch, _checkpoint_payload(r, state, rng), cfg.keep_checkpoints)
         r.metrics.checkpoint_seconds.observe(time.perf_counter() - t_ck)
         _write_json(r.run_dir / "summary.json", _summary(r, state))
     r.metrics.push()
+
+
+@dataclass(frozen=True)
+class SharedStep:
+    selection: Selection
+    state: Optional[DapState]
+    action: str
+    bytes_sent: int  # by this rank
+
+
+def _share_step(r: Run, step, current: Selection, epoch: int) -> SharedStep:
+    """Rank 0's policy step to every rank: a small JSON header, then the indices (int64, so no
+    index above 2^24 loses precision) only when they changed, and the weights when there are any."""
+    universe = r.universe
+    head = None
+    if r.world.is_root:
+        sel = step.selection
+        unweighted = sel.weights is None
+        head = dict(action=step.action, state=None if step.state is None else dict(t_start=step.state.t_start,
+                                                                                      t_prev=step.state.t_prev),
+                    same=unweighted and current.weights is None and np.array_equal(sel.indices, current.indices),
+                    all=unweighted and np.array_equal(sel.indices, universe), weighted=not unweighted)
+    head = dist.broadcast_json(head, name=f"select.{epoch}.head")
+    sent = 0
+    if head["same"]:
+        indices = current.indices
+    elif head["all"]:
+        indices = universe
+    else:
+        indices = dist.broadcast_indices(step.selection.indices if r.world.is_root else None, name=f"select.{epoch}")
+        sent += 8 * len(indices) * (r.world.size - 1) if r.world.is_root else 0
+    weights = None
+    if head["weighted"]:
+        w = torch.from_numpy(np.ascontiguousarray(step.selection.weights, dtype=np.float32)) if r.world.is_root else None
+        weights = dist.broadcast_tensor(w, name=f"select.{epoch}.weights").numpy()
+        sent += 4 * len(weights) * (r.world.size - 1) if r.world.is_root else 0
+    state = None if head["state"] is None else DapState(**head["state"])
+    return SharedStep(Selection(np.asarray(indices, dtype=np.int64), weights), state, head["action"], sent)
+
+
+def _weights_on_device(r: Run, selection: Selection) -> Optional[torch.Tensor]:
+    """Loss weights by global index on the training device (1 where unweighted), or None."""
+    if selection.weights is None:
+        return None
+    w = torch.ones(len(r.train_cat), dtype=torch.float32)
+    w[torch.from_numpy(selection.indices)] = torch.from_numpy(selection.weights)
+    return w.to(r.precision.device)
 
 
 def _publish(r: Run, state: RunState, record: dict, stats, dropped: bool, sel_seconds: float, sel_bytes: int) -> None:
@@ -420,6 +476,8 @@ def _publish(r: Run, state: RunState, record: dict, stats, dropped: bool, sel_se
     m.subset_size.set(record["subset"])
     m.kept_fraction.set(record["subset"] / len(r.universe))
     m.compute_ratio.set(state.samples_trained / (len(r.universe) * state.epoch))
+    m.weighted.set(record["weighted"])
+    m.scored.set(state.scores.scored())
     if dropped:
         m.selection_seconds.observe(sel_seconds)
         m.selection_bytes.inc(sel_bytes)
@@ -519,7 +577,7 @@ def _bad_samples(cfg, world, cat: Catalog, digest: str, split: str = "train") ->
     """--on-bad-sample skip: every rank checks its share of files; the union is excluded. The
     result is cached under DAP_HVD_CACHE, keyed by the catalog's digest, so a resume (or the next
     run on the same files) does not decode the whole dataset again."""
-    from dap_hvd.verify import find_bad
+    from dap_hvd.data.verify import find_bad
 
     cache = _scan_cache(cat, digest)
     cached = None
@@ -561,7 +619,7 @@ def _scan_cache(cat: Catalog, digest: str) -> Path:
 
 
 def _explain_bad_data(e: Exception, world, cat: Catalog, indices: np.ndarray) -> DataError:
-    from dap_hvd.verify import BAD_DATA_HINT, describe_bad
+    from dap_hvd.data.verify import BAD_DATA_HINT, describe_bad
 
     if isinstance(e, BadSampleError) and e.tag is not None:
         idx = e.tag if e.tag >= 0 else -e.tag - 1
@@ -579,8 +637,8 @@ def _resume(r: Run) -> RunState:
     """A fresh state, or the checkpoint's. Rank 0 reads and checks it; every rank receives the
     verdict, so a refused resume fails all ranks together instead of leaving them in a broadcast."""
     cfg, world = r.cfg, r.world
-    state = RunState(selection=r.universe, dap=initial_state(cfg.schedule),
-                     run_id=cfg.run_id or f"{r.run_dir.name}-{int(time.time())}")
+    state = RunState(selection=r.policy.first(r.universe, cfg.seed), scores=ScoreTable(len(r.train_cat)),
+                     policy_state=r.policy.initial_state(), run_id=cfg.run_id or f"{r.run_dir.name}-{int(time.time())}")
     meta, ckpt, problem = None, None, None
     if world.is_root and cfg.resume:
         try:
@@ -604,10 +662,9 @@ def _resume(r: Run) -> RunState:
     if shared is None:
         state.run_id = dist.broadcast_json({"run_id": state.run_id}, name="resume.run_id")["run_id"]
         return state
-    state.selection = dist.broadcast_indices(ckpt["selection"].numpy() if world.is_root else None,
-                                             name="resume.selection")
+    state.selection, state.scores = _restore_policy_data(world, ckpt, shared)
     state.epoch = shared["epoch"]
-    state.dap = DapState(**shared["dap"])
+    state.policy_state = None if shared["policy_state"] is None else DapState(**shared["policy_state"])
     state.history, state.samples_trained = shared["history"], shared["samples_trained"]
     state.wall_seconds, state.run_id = shared["wall_seconds"], shared["run_id"]
     _restore_rng(world, ckpt, shared)
@@ -626,9 +683,9 @@ def _resume(r: Run) -> RunState:
                         ",".join(map(str, cfg.lr_steps)) or "(none)")
         if state.epoch >= cfg.schedule.epochs:
             log.info("resume: %s already finished %d epochs; pass a larger --epochs to extend it", r.run_dir, state.epoch)
-        elif state.history and state.history[-1].get("after") == "end":
+        elif state.history and state.history[-1].get("after") == "end" and cfg.strategy in ("dap", "random"):
             log.warning("resume: epoch %d was the final one, so the drop due after it was not made; the "
-                        "extension continues with its %d samples", state.epoch, len(state.selection))
+                        "extension continues with its %d samples", state.epoch, len(state.selection.indices))
     return state
 
 
@@ -644,6 +701,7 @@ def _check_compatible(r: Run, meta: dict) -> None:
         if key in old_sched and old_sched[key] != new_sched[key]:
             changed.append((f"schedule {key} (--{key})", old_sched[key], new_sched[key]))
     for key, new in (("lr_steps", list(cfg.lr_steps)), ("model", cfg.model_name), ("strategy", cfg.strategy),
+                     ("policy", _policy_params(cfg)),
                      ("seed", cfg.seed), ("dataset_digest", r.dataset_digest)):
         if key in meta and meta[key] != new:
             changed.append((key, meta[key], new))
@@ -656,6 +714,25 @@ def _check_compatible(r: Run, meta: dict) -> None:
     if meta["epoch"] > cfg.schedule.epochs:
         raise DapError(f"--resume: {r.run_dir} already finished {meta['epoch']} epochs, more than --epochs "
                        f"{cfg.schedule.epochs}")
+
+
+def _policy_params(cfg: TrainConfig) -> dict:
+    """The parameters the chosen policy reads (a resume may not change them)."""
+    from dap_hvd.config import POLICY_PARAMS
+
+    return {k: getattr(cfg.policy, k) for k in POLICY_PARAMS.get(cfg.strategy, ())}
+
+
+def _restore_policy_data(world: dist.World, ckpt: Optional[dict], shared: dict):
+    """The checkpoint's selection (indices, weights) and score table, from rank 0 to every rank."""
+    indices = dist.broadcast_indices(ckpt["selection"].numpy() if world.is_root else None, name="resume.selection")
+    weights = None
+    if shared.get("weighted"):
+        weights = dist.broadcast_tensor(ckpt["selection_weights"] if world.is_root else None,
+                                        name="resume.weights").numpy()
+    loss = dist.broadcast_tensor(ckpt["scores"] if world.is_root else None, name="resume.scores").numpy()
+    scored = dist.broadcast_tensor(ckpt["scored_epoch"] if world.is_root else None, name="resume.scored").numpy()
+    return Selection(indices, weights), ScoreTable.from_arrays(loss.copy(), scored.copy())
 
 
 def _gather_rng(world: dist.World) -> dict:
@@ -680,7 +757,9 @@ def _restore_rng(world: dist.World, ckpt: Optional[dict], shared: dict) -> None:
 
 def _checkpoint_payload(r: Run, state: RunState, rng: dict) -> dict:
     cfg = r.cfg
-    meta = dict(epoch=state.epoch, dap=dict(t_start=state.dap.t_start, t_prev=state.dap.t_prev),
+    ps = state.policy_state
+    meta = dict(epoch=state.epoch, policy_state=None if ps is None else dict(t_start=ps.t_start, t_prev=ps.t_prev),
+                policy=_policy_params(cfg), weighted=state.selection.weights is not None,
                 history=state.history, samples_trained=state.samples_trained, wall_seconds=state.wall_seconds,
                 run_id=state.run_id, strategy=cfg.strategy, seed=cfg.seed, model=cfg.model_name,
                 schedule=cfg.schedule.to_dict(), lr_steps=list(cfg.lr_steps), world_size=r.world.size,
@@ -690,7 +769,10 @@ def _checkpoint_payload(r: Run, state: RunState, rng: dict) -> dict:
                 config=_resolved_config(cfg, r.base_lr))
     return {"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
             "scaler": r.scaler.state_dict() if r.scaler is not None else {},
-            "selection": torch.from_numpy(np.asarray(state.selection, dtype=np.int64)),
+            "selection": torch.from_numpy(np.asarray(state.selection.indices, dtype=np.int64)),
+            "selection_weights": torch.from_numpy(np.asarray(state.selection.weights if state.selection.weights
+                                                             is not None else [], dtype=np.float32)),
+            "scores": torch.from_numpy(state.scores.loss), "scored_epoch": torch.from_numpy(state.scores.epoch),
             "excluded": torch.from_numpy(np.asarray(r.excluded, dtype=np.int64)),
             "state": json.dumps(meta), **rng}
 
@@ -707,8 +789,16 @@ def _summary(r: Run, state: RunState) -> dict:
         "lr_steps": list(cfg.lr_steps), "dataset_digest": r.dataset_digest,
         # measured and planned over the same completed epochs, so a stopped run is comparable
         "compute_ratio_measured": state.samples_trained / (n * done),
-        "compute_ratio_planned": sum(r.planned_samples[:done]) / (n * done),
-        "compute_ratio_planned_run": sum(r.planned_samples) / (n * cfg.schedule.epochs),
+        # exact plans: one value; InfoBatch: None, and the bounds beside it
+        "compute_ratio_planned": sum(r.planned_max[:done]) / (n * done) if r.plan.exact else None,
+        "compute_ratio_planned_min": sum(r.planned_min[:done]) / (n * done),
+        "compute_ratio_planned_max": sum(r.planned_max[:done]) / (n * done),
+        "compute_ratio_planned_run": sum(r.planned_max) / (n * cfg.schedule.epochs) if r.plan.exact else None,
+        "compute_ratio_planned_run_bounds": [sum(r.planned_min) / (n * cfg.schedule.epochs),
+                                             sum(r.planned_max) / (n * cfg.schedule.epochs)],
+        "policy": {"name": cfg.strategy, **_policy_params(cfg)},
+        "score_table": {"scored": state.scores.scored(), "bytes": state.scores.nbytes,
+                        "digest": state.scores.digest()},
         "samples_trained": state.samples_trained, "epochs_completed": state.epoch, "epochs": state.history,
         "top1": evals[-1]["top1"] if evals else None, "top5": evals[-1]["top5"] if evals else None,
         "wall_seconds": state.wall_seconds, "host": socket.gethostname(), "replicas": state.replicas,
@@ -734,6 +824,7 @@ def _resolved_config(cfg: TrainConfig, base_lr: float) -> dict:
     d = cfg.to_dict()
     d["resume"] = d["stop_after"] = None
     d["model"] = cfg.model_name
+    d["policy"] = _policy_params(cfg)  # only what the chosen policy reads: the others would be refused
     d["data"].update(image_size=cfg.image_size, val_resize=cfg.val_resize, min_crop_area=cfg.min_crop_area)
     d["optim"].update(lr=base_lr, lr_steps=list(cfg.lr_steps), lr_warmup_epochs=cfg.lr_warmup_epochs)
     return d

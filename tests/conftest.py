@@ -70,7 +70,7 @@ def rank_json(stdout: str, tag: str) -> dict:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A small sample dataset: 10 classes x 40 train / 12 val, 48-px images."""
-    from dap_hvd.sample_data import SampleSpec, make_sample_data
+    from dap_hvd.data.sample_data import SampleSpec, make_sample_data
 
     root = tmp_path_factory.mktemp("data") / "tiny"
     return make_sample_data(root, SampleSpec(num_classes=10, train_per_class=40, val_per_class=12, redundancy=4,

@@ -15,9 +15,9 @@ import torch
 
 from dap_hvd import DivergedError, dist
 from dap_hvd.ledger import LossLedger
-from dap_hvd.schedule import keep_count
-from dap_hvd.selection import check_finite, get_strategy, select_hardest, selection_digest, tie_break_rng
-from dap_hvd.sharding import shard_for_rank
+from dap_hvd.policy.schedule import keep_count
+from dap_hvd.policy.policies import check_finite, drop_keep, select_hardest, selection_digest, tie_break_rng
+from dap_hvd.data.sharding import shard_for_rank
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--subset-size", type=int, default=1001)
@@ -46,7 +46,7 @@ try:
     merged = dist.merge_losses(subset, ledger.loss, ledger.count, method=a.method, epoch=4, world_size=world.size)
     check_finite(subset, merged.losses, 4)
     count = keep_count(a.subset_size, 0.9)
-    chosen = get_strategy(a.strategy).select(subset, merged.losses, count, seed=9, epoch=4).indices \
+    chosen = drop_keep(a.strategy, subset, merged.losses, count, seed=9, epoch=4) \
         if world.is_root else None
     final = dist.broadcast_indices(chosen, name="sel")
     # one process ranking the global loss vector, with the same seeded tie-break

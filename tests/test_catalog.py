@@ -6,7 +6,7 @@ import time
 import pytest
 
 from dap_hvd import DataError
-from dap_hvd.catalog import first_difference, load_catalog
+from dap_hvd.data.catalog import first_difference, load_catalog
 
 
 def test_indices_are_stable_and_sorted(tiny_data):

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 
 from dap_hvd.engine import Precision, train_one_epoch
 from dap_hvd.ledger import LossLedger
-from dap_hvd.loaders import Batch
+from dap_hvd.data.spec import Batch
 from dap_hvd.lr import LRSchedule
-from dap_hvd.selection import get_strategy
-from dap_hvd.sharding import Shard
+from dap_hvd.policy.policies import drop_keep
+from dap_hvd.data.sharding import Shard
 
 
 class ListLoader:
@@ -59,7 +59,7 @@ def test_ledger_records_plain_cross_entropy_and_dap_ranks_by_it():
     assert torch.equal(ledger.loss, plain) and ledger.count.tolist() == [1.0, 1.0]
     # the reported training loss stays the smoothed one the gradient used
     assert abs(stats.loss_sum - float(smoothed.sum())) < 1e-5
-    kept = get_strategy("dap").select(subset, ledger.loss.numpy(), 1, seed=0, epoch=1).indices
+    kept = drop_keep("dap", subset, ledger.loss.numpy(), 1, seed=0, epoch=1)
     assert kept.tolist() == [9]
 
 

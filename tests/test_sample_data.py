@@ -4,7 +4,7 @@ import filecmp
 import hashlib
 from pathlib import Path
 
-from dap_hvd.sample_data import SampleSpec, make_sample_data
+from dap_hvd.data.sample_data import SampleSpec, make_sample_data
 
 
 def _tree_hash(root: Path) -> str:

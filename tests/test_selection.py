@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dap_hvd import DivergedError
-from dap_hvd.selection import get_strategy, select_hardest, selection_digest
+from dap_hvd.policy.policies import drop_keep, select_hardest, selection_digest
 
 
 def test_keeps_the_largest_losses():
@@ -27,10 +27,9 @@ def test_dap_breaks_ties_by_a_seeded_random_order_not_by_class():
     idx = np.arange(1000, dtype=np.int64)
     loss = np.zeros(1000, dtype=np.float32)
     loss[:100] = 1.0  # 100 clear winners, then 400 to take from 900 tied at 0
-    dap = get_strategy("dap")
-    a = dap.select(idx, loss, 500, seed=3, epoch=7).indices
-    assert a.tolist() == dap.select(idx, loss, 500, seed=3, epoch=7).indices.tolist()  # deterministic
-    assert a.tolist() != dap.select(idx, loss, 500, seed=3, epoch=8).indices.tolist()
+    a = drop_keep("dap", idx, loss, 500, seed=3, epoch=7)
+    assert a.tolist() == drop_keep("dap", idx, loss, 500, seed=3, epoch=7).tolist()  # deterministic
+    assert a.tolist() != drop_keep("dap", idx, loss, 500, seed=3, epoch=8).tolist()
     assert set(range(100)) <= set(a.tolist()) and np.all(np.diff(a) > 0)
     tied = a[a >= 100]
     # spread over the tied range, not its first 400 (which an index tie-break would take)
@@ -51,19 +50,19 @@ def test_non_finite_loss_names_epoch_and_samples():
     idx = np.array([4, 9, 11], dtype=np.int64)
     loss = np.array([0.3, np.nan, np.inf], dtype=np.float32)
     with pytest.raises(DivergedError, match=r"epoch 7.*\[9, 11\]"):
-        get_strategy("dap").select(idx, loss, 2, seed=0, epoch=7)
+        drop_keep("dap", idx, loss, 2, seed=0, epoch=7)
 
 
 def test_random_strategy_is_seeded_and_uniform():
     idx = np.arange(1000, dtype=np.int64)
-    a = get_strategy("random").select(idx, None, 900, seed=1, epoch=5).indices
-    b = get_strategy("random").select(idx, None, 900, seed=1, epoch=5).indices
-    c = get_strategy("random").select(idx, None, 900, seed=1, epoch=6).indices
+    a = drop_keep("random", idx, None, 900, seed=1, epoch=5)
+    b = drop_keep("random", idx, None, 900, seed=1, epoch=5)
+    c = drop_keep("random", idx, None, 900, seed=1, epoch=6)
     assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
     assert len(np.unique(a)) == 900 and np.all(np.diff(a) > 0)
 
 
 def test_full_keeps_everything_and_digest_is_order_free():
     idx = np.arange(50, dtype=np.int64)
-    assert get_strategy("full").select(idx, None, 10, seed=0, epoch=1).indices.tolist() == idx.tolist()
+    assert drop_keep("full", idx, None, 10, seed=0, epoch=1).tolist() == idx.tolist()
     assert selection_digest(idx[::-1]) == selection_digest(idx)

@@ -4,7 +4,7 @@ the selection, padding flagged (timm's two-ranks-in-one-process sampler test, ge
 import numpy as np
 import pytest
 
-from dap_hvd.sharding import decode_labels, shard_for_rank
+from dap_hvd.data.sharding import decode_labels, shard_for_rank
 
 
 @pytest.mark.parametrize("n,world,batch", [(1000, 2, 64), (1001, 2, 64), (997, 3, 32), (5, 4, 8), (2, 3, 1)])

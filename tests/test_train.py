@@ -12,8 +12,8 @@ import time
 import pytest
 
 from conftest import DAP_HVD, HOROVODRUN, _env, horovodrun, mpirun, run
-from dap_hvd.schedule import Schedule, plan
-from dap_hvd.selection import selection_digest
+from dap_hvd.policy.schedule import Schedule, plan
+from dap_hvd.policy.policies import selection_digest
 
 pytestmark = pytest.mark.multirank
 SCHED = ["--epochs", "6", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "4", "--lr-steps", "4"]
@@ -230,7 +230,7 @@ def test_skip_bad_samples_excludes_and_counts(data_copy, tmp_path):
 
 
 def test_training_from_a_file_list(tiny_data, tmp_path):
-    from dap_hvd.catalog import load_catalog
+    from dap_hvd.data.catalog import load_catalog
 
     cat = load_catalog(tiny_data, "train")
     fl = tmp_path / "half.txt"

@@ -151,10 +151,10 @@ def test_export_gives_a_torchvision_backbone_with_the_runs_top1(tiny_data, tmp_p
     import torch
     import torchvision
 
-    from dap_hvd.catalog import load_catalog
+    from dap_hvd.data.catalog import load_catalog
     from dap_hvd.engine import Precision, evaluate
-    from dap_hvd.loaders import LoaderSpec
-    from dap_hvd.torch_loader import TorchLoader
+    from dap_hvd.data.spec import LoaderSpec
+    from dap_hvd.data.torch_loader import TorchLoader
 
     out = tmp_path / "r18"
     train(tiny_data, out, *short(1), "--model", "resnet18", "--loader", "torch", np_=1)

@@ -125,30 +125,68 @@ def keep_count(n: int, keep: float) -> int:
 @dataclass(frozen=True)
 class EpochPlan:
     epoch: int
-    fraction: float  # of the full dataset trained in this epoch
-    size: Optional[int]  # exact subset size, when the number of samples is known
-    event: str  # what this epoch trains on: warmup | full | drop (newly reduced) | subset | pick
-    after: str  # the schedule's decision after this epoch: drop | pick | stay
+    fraction: float  # of the full dataset trained in this epoch (the upper bound when it is not known ahead)
+    size: Optional[int]  # exact subset size when the number of samples is known (upper bound likewise)
+    event: str  # what this epoch trains on: warmup | full | drop (newly reduced) | subset | pick | prune | draw
+    after: str  # the policy's decision after this epoch: drop | pick | stay | ...
+    # Set where the size depends on the scores (InfoBatch): the lower bound, in expectation.
+    min_fraction: Optional[float] = None
+    min_size: Optional[int] = None
+
+    @property
+    def exact(self) -> bool:
+        return self.min_fraction is None
+
+    @property
+    def low_fraction(self) -> float:
+        return self.fraction if self.exact else self.min_fraction
+
+    @property
+    def low_size(self) -> Optional[int]:
+        return self.size if self.exact else self.min_size
 
 
 @dataclass(frozen=True)
 class Plan:
-    schedule: Schedule
+    schedule: Schedule  # its `epochs` is the run's length; the DaP parameters apply to dap and random
     num_samples: Optional[int]
     epochs: tuple[EpochPlan, ...] = field(default=())
+    policy: str = "dap"
+    params: dict = field(default_factory=dict)  # the policy's own parameters, for display and records
 
     @property
-    def compute_ratio(self) -> float:
-        """Samples trained over E full epochs (exact sizes when num_samples is known)."""
+    def exact(self) -> bool:
+        return all(e.exact for e in self.epochs)
+
+    def _ratio(self, low: bool) -> float:
         if self.num_samples:
-            return sum(e.size for e in self.epochs) / (self.num_samples * self.schedule.epochs)
-        return sum(e.fraction for e in self.epochs) / self.schedule.epochs
+            return sum(e.low_size if low else e.size for e in self.epochs) / (self.num_samples * self.schedule.epochs)
+        return sum(e.low_fraction if low else e.fraction for e in self.epochs) / self.schedule.epochs
+
+    @property
+    def compute_ratio(self) -> Optional[float]:
+        """Samples trained over E full epochs (exact sizes when num_samples is known); None when
+        the sizes depend on the scores (see compute_bounds)."""
+        return self._ratio(low=False) if self.exact else None
+
+    @property
+    def compute_bounds(self) -> tuple[float, float]:
+        return self._ratio(low=True), self._ratio(low=False)
+
+    def describe(self) -> str:
+        low, high = self.compute_bounds
+        return f"{high:.3f}" if self.exact else f"{low:.3f}..{high:.3f}"
 
     def to_dict(self) -> dict:
+        low, high = self.compute_bounds
         return {
+            "policy": self.policy,
+            "params": self.params,
             "schedule": self.schedule.to_dict(),
             "num_samples": self.num_samples,
             "compute_ratio": self.compute_ratio,
+            "compute_ratio_min": low,
+            "compute_ratio_max": high,
             "epochs": [e.__dict__.copy() for e in self.epochs],
         }
 
@@ -174,4 +212,4 @@ def plan(schedule: Schedule, num_samples: Optional[int] = None) -> Plan:
             event = "drop"
         else:
             event = "full" if fraction == 1.0 else "subset"
-    return Plan(schedule, num_samples, tuple(rows))
+    return Plan(schedule, num_samples, tuple(rows), policy="dap", params=schedule.to_dict())

@@ -33,7 +33,7 @@ import nvidia.dali.math as dmath
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from dap_hvd.loaders import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, Batch, LoaderError, LoaderSpec
+from dap_hvd.data.spec import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, Batch, LoaderError, LoaderSpec
 
 _MEAN = [255 * m for m in IMAGENET_MEAN]
 _STD = [255 * s for s in IMAGENET_STD]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from dap_hvd.catalog import IMAGE_EXTENSIONS, parse_file_list
+from dap_hvd.data.catalog import IMAGE_EXTENSIONS, parse_file_list
 
 
 def check_image(path: str) -> Optional[str]:

@@ -1,0 +1,339 @@
+"""The data policies as pure functions: which samples the next epoch trains on. Pure numpy.
+
+After each epoch a policy sees the score table, the current subset, the epoch, the seed and its
+parameters, and returns a Step: the next Selection (sorted global indices, plus per-sample loss
+weights where the policy reweights) and its own small state. Randomness comes from generators
+seeded by (seed, epoch, policy tag), so a resumed run draws exactly what the uninterrupted run
+drew, and the checkpoint needs no RNG blob.
+
+  dap        the paper: every I epochs keep the fraction p of the subset with the highest loss
+  random     DaP's schedule with a uniform random keep (the paper's Table 2(f) ablation)
+  full       all data, every epoch
+  infobatch  Qin et al., ICLR 2024: prune below-mean samples at random with probability r and
+             scale the kept ones' losses by 1/(1-r); the last (1-delta) of the epochs use all data
+  rs2        Okanovic et al., ICLR 2024, without replacement: each epoch the next fraction r of a
+             seeded permutation, so every sample is seen once before any is seen twice
+
+The trainer is the thin stateful shell: it records losses when `needs_scores` says so, merges
+them into the score table, and calls `select` on rank 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Optional, Protocol
+
+import numpy as np
+
+from dap_hvd import ConfigError, DivergedError
+from dap_hvd.policy.schedule import DROP, PICK, DapState, EpochPlan, Plan, Schedule, decide, initial_state, keep_count
+from dap_hvd.policy.schedule import plan as plan_schedule
+
+
+@dataclass(frozen=True)
+class Selection:
+    indices: np.ndarray  # sorted unique int64 global sample indices
+    # float32 loss weight per index, for the gradient only (never for the recorded scores);
+    # None: every weight is 1
+    weights: Optional[np.ndarray] = None
+
+    def weights_digest(self) -> Optional[str]:
+        if self.weights is None:
+            return None
+        return hashlib.sha256(np.asarray(self.weights, dtype="<f4").tobytes()).hexdigest()
+
+
+def selection_digest(indices: np.ndarray) -> str:
+    """sha256 of the sorted selected global indices (as little-endian int64)."""
+    return hashlib.sha256(np.sort(np.asarray(indices, dtype="<i8")).tobytes()).hexdigest()
+
+
+def select_hardest(indices: np.ndarray, losses: np.ndarray, count: int,
+                   rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """The `count` samples with the largest losses. O(n) to find them, O(n log n) to sort them.
+
+    `indices` must be sorted ascending and aligned with `losses`. Returns sorted indices.
+    Samples tied at the threshold are taken in a random order drawn from `rng` (deterministic
+    for a seeded generator). Index order would favour low class ids: indices follow sorted class
+    names, and late in training many confident samples tie at a cross-entropy of exactly 0.
+    Without `rng` the smaller indices win.
+    """
+    n = len(indices)
+    if not 1 <= count <= n:
+        raise ValueError(f"count must be in 1..{n}, got {count}")
+    if count == n:
+        return np.asarray(indices, dtype=np.int64)
+    neg = -np.asarray(losses, dtype=np.float64)
+    threshold = np.partition(neg, count - 1)[count - 1]
+    above = neg < threshold
+    need = count - int(above.sum())
+    ties = np.flatnonzero(neg == threshold)
+    ties = (rng.permutation(ties) if rng is not None else ties)[:need]
+    chosen = np.flatnonzero(above)
+    return np.asarray(indices, dtype=np.int64)[np.sort(np.concatenate([chosen, ties]))]
+
+
+def tie_break_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator DaP draws its threshold tie-break from: a resumed run draws the same."""
+    return np.random.default_rng([seed, epoch, 0x71E])
+
+
+def check_finite(indices: np.ndarray, losses: np.ndarray, epoch: int) -> None:
+    bad = ~np.isfinite(losses)
+    if bad.any():
+        shown = indices[bad][:20].tolist()
+        more = "" if bad.sum() <= 20 else f" (and {int(bad.sum()) - 20} more)"
+        raise DivergedError(
+            f"epoch {epoch}: non-finite training loss for sample indices {shown}{more}; "
+            f"the run has diverged (lower --lr, or check the data)")
+
+
+def drop_keep(rule: str, indices: np.ndarray, losses: Optional[np.ndarray], count: int, *, seed: int,
+              epoch: int) -> np.ndarray:
+    """The `count` samples of the (sorted) `indices` that a drop after `epoch` keeps, sorted:
+    dap the hardest (by `losses`, aligned with `indices`), random a uniform draw, full all."""
+    if rule == "dap":
+        check_finite(indices, losses, epoch)
+        return select_hardest(indices, losses, count, rng=tie_break_rng(seed, epoch))
+    if rule == "random":
+        rng = np.random.default_rng([seed, epoch, 0xD0])
+        return np.sort(np.asarray(indices, dtype=np.int64)[rng.choice(len(indices), size=count, replace=False)])
+    return np.asarray(indices, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a policy sees after training `epoch` (1-based)."""
+
+    epoch: int  # the epoch just trained
+    universe: np.ndarray  # every usable training sample, sorted
+    current: Selection  # what `epoch` trained on
+    scores: np.ndarray  # the score table's losses, by global index (NaN: never scored)
+    seed: int
+    state: Optional[DapState]  # the policy's own state (DaP's T_start, T_prev), None for the others
+    final: bool = False  # nothing trains after this epoch in this run (no scores were merged)
+
+
+@dataclass(frozen=True)
+class Step:
+    selection: Selection  # for the next epoch
+    state: Optional[DapState]
+    action: str  # what happened, for the history: drop | pick | stay | prune | full | draw | end
+
+
+class Policy(Protocol):
+    name: str
+    weighted: bool  # whether selections carry loss weights (broadcast and checkpointed with them)
+
+    def first(self, universe: np.ndarray, seed: int) -> Selection: ...
+    def initial_state(self) -> Optional[DapState]: ...
+    def needs_scores(self, epoch: int, state: Optional[DapState]) -> bool: ...
+    def select(self, ctx: Context) -> Step: ...
+    def plan(self, num_samples: Optional[int]) -> Plan: ...
+
+
+def _all(universe: np.ndarray) -> Selection:
+    return Selection(np.asarray(universe, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class DropSchedule:
+    """DaP's schedule (Algorithm 1), with the keep rule as a parameter: `hardest` is the paper's
+    policy (`dap`), `random` its Table 2(f) ablation, and keep=1 is full data (`full`)."""
+
+    schedule: Schedule
+    name: str = "dap"
+    weighted: bool = False
+
+    def first(self, universe, seed):
+        return _all(universe)
+
+    def initial_state(self):
+        return initial_state(self.schedule)
+
+    def needs_scores(self, epoch, state):
+        return self.name == "dap" and decide(self.schedule, state, epoch).action == DROP
+
+    def select(self, ctx):
+        decision = decide(self.schedule, ctx.state, ctx.epoch)
+        if ctx.final:  # the drop due now has no scores and no epoch to use it: the subset stays
+            return Step(ctx.current, decision.state, "end")
+        if decision.action == PICK:
+            return Step(_all(ctx.universe), decision.state, PICK)
+        if decision.action != DROP or self.name == "full":
+            return Step(ctx.current, decision.state, decision.action)
+        current = ctx.current.indices
+        kept = drop_keep(self.name, current, ctx.scores[current] if self.name == "dap" else None,
+                         keep_count(len(current), self.schedule.keep), seed=ctx.seed, epoch=ctx.epoch)
+        return Step(Selection(kept), decision.state, DROP)
+
+    def plan(self, num_samples):
+        sched = self.schedule if self.name != "full" else replace(self.schedule, keep=1.0)
+        p = plan_schedule(sched, num_samples)
+        params = {} if self.name == "full" else self.schedule.to_dict()
+        return replace(p, policy=self.name, params=params)
+
+
+def _check_ratio(value, name: str, flag: str, low_open: bool = True, high_open: bool = True) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+        (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    if not ok:
+        bounds = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+        raise ConfigError(f"policy.{name} ({flag}): must be in {bounds}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class InfoBatch:
+    """InfoBatch (Qin et al., ICLR 2024). Before each epoch, the samples whose last score is below
+    the table's mean are each pruned with probability r, and the kept ones' losses are scaled by
+    1/(1-r), so the expected gradient is the full-data one. Samples never scored stay in (so the
+    first epoch trains on all data). The first floor(delta * E) epochs prune; the rest anneal on
+    all data with weight 1."""
+
+    epochs: int
+    prune_ratio: float = 0.5
+    anneal: float = 0.875
+    name: str = "infobatch"
+    weighted: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "prune_ratio", _check_ratio(self.prune_ratio, "prune_ratio", "--prune-ratio"))
+        object.__setattr__(self, "anneal", _check_ratio(self.anneal, "anneal", "--anneal", high_open=False))
+
+    @property
+    def prune_epochs(self) -> int:
+        """Epochs 1..prune_epochs may prune; later ones use all data."""
+        return int(Fraction(repr(self.anneal)) * self.epochs)
+
+    def first(self, universe, seed):
+        return _all(universe)
+
+    def initial_state(self):
+        return None
+
+    def needs_scores(self, epoch, state):
+        return epoch + 1 <= self.prune_epochs  # the next epoch prunes on these scores
+
+    def select(self, ctx):
+        nxt = ctx.epoch + 1
+        if ctx.final or nxt > self.prune_epochs:
+            return Step(_all(ctx.universe), None, "end" if ctx.final else "full")
+        universe = np.asarray(ctx.universe, dtype=np.int64)
+        scores = ctx.scores[universe]
+        scored = np.isfinite(scores)
+        if not scored.any():
+            return Step(_all(universe), None, "full")
+        below = scored & (scores < scores[scored].mean(dtype=np.float64))
+        rng = np.random.default_rng([ctx.seed, nxt, 0x1B])
+        keep = ~(below & (rng.random(len(universe)) < self.prune_ratio))
+        weights = np.where(below[keep], 1.0 / (1.0 - self.prune_ratio), 1.0).astype(np.float32)
+        return Step(Selection(universe[keep], weights), None, "prune")
+
+    def plan(self, num_samples):
+        """Sizes depend on the scores: between all data (no sample below the mean) and, in
+        expectation, (1-r) N + r (all but one below it). Epoch 1 always trains all data."""
+        r = self.prune_ratio
+        rows = []
+        for e in range(1, self.epochs + 1):
+            prunes = 2 <= e <= self.prune_epochs
+            after = "prune" if e + 1 <= self.prune_epochs else ("full" if e < self.epochs else "end")
+            if not prunes:
+                rows.append(EpochPlan(e, 1.0, num_samples, "full", after))
+                continue
+            low_size = None if num_samples is None else min(num_samples, math.ceil((1 - r) * num_samples + r))
+            low = (1 - r) if num_samples is None else low_size / num_samples
+            rows.append(EpochPlan(e, 1.0, num_samples, "prune", after, min_fraction=low, min_size=low_size))
+        return Plan(_length(self.epochs), num_samples, tuple(rows), policy=self.name,
+                    params=dict(prune_ratio=self.prune_ratio, anneal=self.anneal, prune_epochs=self.prune_epochs))
+
+
+@dataclass(frozen=True)
+class RS2:
+    """RS2 without replacement (Okanovic et al., ICLR 2024). A seeded permutation of the data is
+    cut into chunks of m = ceil(r N) samples; epoch e trains the next chunk, and a new permutation
+    starts when one is used up. So each round of ceil(N / m) epochs (= ceil(1/r) when r N is a
+    whole number) sees every sample exactly once, the round's last chunk taking what is left."""
+
+    epochs: int
+    fraction: float = 0.5
+    name: str = "rs2"
+    weighted: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "fraction", _check_ratio(self.fraction, "fraction", "--fraction", high_open=False))
+
+    def chunk(self, n: int) -> int:
+        return max(1, math.ceil(Fraction(repr(self.fraction)) * n))
+
+    def draw(self, universe: np.ndarray, seed: int, epoch: int) -> Selection:
+        """The samples of `epoch` (1-based): a pure function of (seed, epoch)."""
+        n, m = len(universe), self.chunk(len(universe))
+        per_round = math.ceil(n / m)
+        rnd, j = divmod(epoch - 1, per_round)
+        order = np.random.default_rng([seed, rnd, 0x52]).permutation(n)
+        return Selection(np.sort(np.asarray(universe, dtype=np.int64)[order[j * m:(j + 1) * m]]))
+
+    def first(self, universe, seed):
+        return self.draw(universe, seed, 1)
+
+    def initial_state(self):
+        return None
+
+    def needs_scores(self, epoch, state):
+        return False
+
+    def select(self, ctx):
+        # also after the final epoch: a run extended with a larger --epochs continues the walk
+        return Step(self.draw(ctx.universe, ctx.seed, ctx.epoch + 1), None, "end" if ctx.final else "draw")
+
+    def plan(self, num_samples):
+        rows = []
+        for e in range(1, self.epochs + 1):
+            if num_samples is None:
+                per_round = math.ceil(1 / self.fraction)
+                j = (e - 1) % per_round
+                fraction = min(self.fraction, 1 - j * self.fraction)
+                size = None
+            else:
+                m = self.chunk(num_samples)
+                j = (e - 1) % math.ceil(num_samples / m)
+                size = min(m, num_samples - j * m)
+                fraction = size / num_samples
+            rows.append(EpochPlan(e, fraction, size, "draw", "draw" if e < self.epochs else "end"))
+        return Plan(_length(self.epochs), num_samples, tuple(rows), policy=self.name,
+                    params=dict(fraction=self.fraction))
+
+
+def _length(epochs: int) -> Schedule:
+    # Policies other than DaP's family use only the run length of a Schedule.
+    return Schedule(epochs=epochs, warmup=epochs, interval=1, keep=1.0)
+
+
+# The one registry of names: name -> (summary, constructor from the schedule and the policy parameters).
+POLICIES = {
+    "dap": "keep the hardest p of the subset every I epochs (the DaP paper)",
+    "random": "DaP's schedule, uniform random keep (Table 2(f))",
+    "full": "all data every epoch",
+    "infobatch": "prune below-mean-loss samples with probability r, rescale the kept (Qin et al. 2024)",
+    "rs2": "a fresh random fraction r each epoch, without replacement (Okanovic et al. 2024)",
+}
+
+
+def make_policy(name: str, schedule: Schedule, *, prune_ratio: float = 0.5, anneal: float = 0.875,
+                fraction: float = 0.5) -> Policy:
+    if name in ("dap", "random", "full"):
+        return DropSchedule(schedule, name=name)
+    if name == "infobatch":
+        return InfoBatch(schedule.epochs, prune_ratio=prune_ratio, anneal=anneal)
+    if name == "rs2":
+        return RS2(schedule.epochs, fraction=fraction)
+    raise ConfigError(f"strategy (--strategy): unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+
+
+def needs_scores_ever(name: str) -> bool:
+    """Whether the policy ranks samples by their losses (a capped epoch would rank unseen ones)."""
+    return name in ("dap", "infobatch")
