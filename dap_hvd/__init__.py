@@ -1,10 +1,13 @@
-"""dap_hvd: distributed ImageNet pre-training with the Drop-and-Pick (DaP) data policy.
+"""dap_hvd: distributed ImageNet pre-training with data policies (DaP, InfoBatch, RS2, ...).
 
 Layers (imports only point downwards):
-  core      config, schedule, selection, sharding, catalog  -- no torch / horovod import
-  wrappers  dist (horovod), dali_loader (DALI), metrics (prometheus_client), torch_loader
-  engine    ledger, engine (train_one_epoch / evaluate), checkpoint, models
-  cli       cli, train (wires it all together)
+  core      config (pydantic, lazily), policy/ (schedule, policies, scores)  -- no torch / horovod
+  data      data/ catalog, sharding, spec (the loader contract), loaders, dali (the only DALI
+            import), torch_loader, sample_data, verify
+  wrappers  dist (the only horovod import), metrics (the only prometheus_client import)
+  engine    ledger, engine (train_one_epoch / evaluate), lr, models, checkpoint
+  trainer   train (wires it all together), evaluate, export, supervise
+  cli       cli, bench
 """
 
 __version__ = "0.1.0"

@@ -48,14 +48,22 @@ def train(data: Path, out: Path, *args) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def _version(dist_name: str) -> str:
+    """An installed distribution's version, without importing it (the wrappers own the imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist_name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def machine() -> dict:
-    import horovod
-    import nvidia.dali
     import torch
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
-                dali=nvidia.dali.__version__, horovod=horovod.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                dali=_version("nvidia-dali-cuda130"), horovod=_version("horovod"), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
 
 
@@ -138,8 +146,6 @@ def bench_gpu(work: Path, repeats: int, batch: int = 256, steps: int = 30) -> di
         print("gpu: skipped: no CUDA device on this host (torch.cuda.is_available() is False); "
               "BENCHMARKS.md keeps any earlier GPU section", flush=True)
         return None
-    import nvidia.dali
-
     from dap_hvd.engine import Precision
     from dap_hvd.data.loaders import Loaders, make_loader
     from dap_hvd.data.spec import LoaderSpec
@@ -225,13 +231,8 @@ def bench_gpu(work: Path, repeats: int, batch: int = 256, steps: int = 30) -> di
     persistent.close()
     driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                             capture_output=True, text=True).stdout.strip().splitlines()
-    try:
-        import horovod
-        hvd_version = horovod.__version__
-    except ImportError:
-        hvd_version = "not installed"
     return dict(gpu=torch.cuda.get_device_name(dev), driver=driver[0] if driver else "?", torch=torch.__version__,
-                dali=nvidia.dali.__version__, horovod=hvd_version, batch=batch, threads=threads, images=len(files),
+                dali=_version("nvidia-dali-cuda130"), horovod=_version("horovod"), batch=batch, threads=threads, images=len(files),
                 decode_rate=statistics.median(decode), decode_runs=decode, synthetic_rate=statistics.median(synth),
                 synthetic_runs=synth, fed_rate=statistics.median(fed), fed_runs=fed,
                 switch_seconds=statistics.median(switches[5:]), switch_first=switches[0],

@@ -244,11 +244,23 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
     if "lr_steps" in tree["optim"]:
         tree["optim"]["lr_steps"] = _csv(tree["optim"]["lr_steps"])
 
-    data = _section(DataConfig, "data", tree["data"])
-    optim = _section(OptimConfig, "optim", tree["optim"])
-    policy = _section(PolicyConfig, "policy", tree["policy"])
-    preset = tree["schedule"].get("preset") or ("sample" if data.is_sample else "imagenet")
-    schedule = _schedule(_schedule_values(tree["schedule"]), default_preset=preset)
+    # Every section is checked before any error is raised: one message lists every bad field.
+    problems: list[str] = []
+
+    def checked(build):
+        try:
+            return build()
+        except ConfigError as e:
+            problems.append(str(e))
+
+    values = {key: checked(lambda: _schedule_value(key, value)) for key, value in tree["schedule"].items()}
+    data = checked(lambda: _section(DataConfig, "data", tree["data"]))
+    optim = checked(lambda: _section(OptimConfig, "optim", tree["optim"]))
+    policy = checked(lambda: _section(PolicyConfig, "policy", tree["policy"]))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    preset = values.get("preset") or ("sample" if data.is_sample else "imagenet")
+    schedule = _schedule(values, default_preset=preset)
     if optim.lr_steps is None:  # the preset's decay epochs; a preset value that no longer fits is named
         steps = PRESET_LR_STEPS.get(preset, ())
         late = [e for e in steps if e > schedule.epochs]
@@ -263,22 +275,18 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
     return cfg
 
 
-def _schedule_values(values: dict) -> dict:
-    """The schedule section with its types checked by pydantic, key by key (presence matters: a
-    key given as null means 'none', a key left out means 'the preset's')."""
+def _schedule_value(key: str, value: Any) -> Any:
+    """One schedule key, its type checked by pydantic. Presence matters: a key given as null
+    means 'none', a key left out means 'the preset's'."""
     from pydantic import TypeAdapter
 
-    out = {}
-    for key, value in values.items():
-        if key not in _SCHEDULE_TYPES:
-            raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(_SCHEDULE_TYPES)}")
-        if key == "reuse":
-            value = () if value is None else _csv(value)
-        elif key == "active" and isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
-            value = None
-        out[key] = _by_field("schedule", Schedule, lambda: TypeAdapter(_SCHEDULE_TYPES[key]).validate_python(value),
-                             key=key)
-    return out
+    if key not in _SCHEDULE_TYPES:
+        raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(_SCHEDULE_TYPES)}")
+    if key == "reuse":
+        value = () if value is None else _csv(value)
+    elif key == "active" and isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
+        value = None
+    return _by_field("schedule", Schedule, lambda: TypeAdapter(_SCHEDULE_TYPES[key]).validate_python(value), key=key)
 
 
 def _check_policy_params(cfg: TrainConfig, given: set) -> None:

@@ -51,3 +51,23 @@ def test_gpu_benchmark_says_it_was_skipped_on_a_cpu_host(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "gpu: skipped: no CUDA device on this host" in p.stdout
     assert "gpu" not in json.loads(res.read_text()) and "GPU: ResNet-50" not in md.read_text()
+
+
+def test_plan_gives_rs2_exactly_and_infobatch_within_bounds(capsys):
+    assert main(["plan", "--strategy", "rs2", "--fraction", "0.25", "--epochs", "8", "--num-samples", "1000",
+                 "--reuse", "none", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["policy"] == "rs2" and p["compute_ratio"] == p["compute_ratio_min"] == p["compute_ratio_max"] == 0.25
+    assert [e["size"] for e in p["epochs"]] == [250] * 8
+    assert main(["plan", "--strategy", "infobatch", "--epochs", "8", "--reuse", "none", "--num-samples", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "501..1000" in out and "depends on the losses" in out
+    assert main(["plan", "--strategy", "infobatch", "--epochs", "8", "--reuse", "none", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    # floor(0.875 * 8) = 7: epochs 2..7 may prune to half, 1 and 8 use all data
+    assert p["compute_ratio"] is None and p["compute_ratio_min"] == __import__("pytest").approx((2 + 6 * 0.5) / 8)
+
+
+def test_plan_refuses_a_parameter_of_another_policy(capsys):
+    assert main(["plan", "--fraction", "0.3"]) == 2
+    assert "--fraction: applies to --strategy rs2, not --strategy dap" in capsys.readouterr().err

@@ -89,3 +89,36 @@ def test_unknown_yaml_key_and_bad_yaml(tmp_path):
         load_config(str(y))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_policy_parameters_from_yaml_and_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("strategy: infobatch\npolicy: {prune_ratio: 0.3}\n")
+    cfg = load_config(str(y), {"anneal": 0.75})
+    assert (cfg.policy.prune_ratio, cfg.policy.anneal) == (0.3, 0.75)
+    assert cfg.make_policy().prune_epochs == int(0.75 * cfg.schedule.epochs)
+    assert load_config(None, {"strategy": "rs2", "fraction": "0.4"}).make_policy().fraction == 0.4
+    # a parameter of another policy would be ignored silently: refused, naming both
+    with pytest.raises(ConfigError, match=r"policy.fraction \(--fraction\): applies to --strategy rs2, not --strategy infobatch"):
+        load_config(str(y), {"fraction": 0.3})
+    with pytest.raises(ConfigError, match=r"policy.prune_ratio \(--prune-ratio\): must be in \(0, 1\)"):
+        load_config(None, {"strategy": "infobatch", "prune_ratio": 1.5})
+    with pytest.raises(ConfigError, match=r"--max-steps-per-epoch.*--strategy infobatch"):
+        load_config(None, {"strategy": "infobatch", "max_steps_per_epoch": 2})
+
+
+def test_type_errors_are_reported_for_every_field_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"batch_size": "many", "loader": "pil", "nesterov": "maybe", "lr": "inf", "keep": "most"})
+    msg = str(e.value)
+    for field in ("schedule.keep (--keep)", "data.batch_size", "data.loader", "optim.nesterov", "optim.lr"):
+        assert field in msg
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"batch_size": "many", "loader": "pil"})
+    msg = str(e.value)
+    assert "data.batch_size (--batch-size): input should be a valid integer" in msg and "'many'" in msg
+    assert "data.loader (--loader): input should be 'dali' or 'torch', got 'pil'" in msg
+    with pytest.raises(ConfigError, match=r"optim.lr \(--lr\): input should be a finite number"):
+        load_config(None, {"lr": "inf"})
+    with pytest.raises(ConfigError, match=r"unknown config key 'policy.ratio'; known keys: anneal, fraction, prune_ratio"):
+        load_config(None, {"policy.ratio": 0.3})

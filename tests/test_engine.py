@@ -87,3 +87,53 @@ def test_logits_are_fp32_under_autocast_and_checkpoint_keys_do_not_change():
         again = model(x)
     exact = torch.nn.functional.linear(features["x"].float(), head.weight, head.bias)
     assert torch.equal(again, exact)  # the head itself ran in fp32, not bf16
+
+
+def test_loss_weights_scale_the_gradient_and_never_the_recorded_scores():
+    """InfoBatch's 1/(1-r) reaches the gradient of its sample only; the ledger keeps plain CE."""
+    k = 4
+    subset = np.array([1, 3], dtype=np.int64)
+    class_of = torch.tensor([0, 1, 0, 2])
+    logits = torch.tensor([[0.5, 0.1, 0.0, 0.2], [0.0, 0.3, 0.9, 0.1]])
+    tags = torch.from_numpy(Shard(subset, np.array([True, True]), 1).encoded_labels())
+
+    def one_step(weight_of):
+        model = _identity_model(k)
+        ledger = LossLedger(subset, torch.device("cpu"))
+        train_one_epoch(model=model, loader=ListLoader([Batch(logits.clone(), tags)]),
+                        optimizer=torch.optim.SGD(model.parameters(), lr=1.0), label_smoothing=0.0,
+                        lr_schedule=LRSchedule(1.0, 0, 1, "step"), global_step=0, class_of=class_of,
+                        precision=Precision(torch.device("cpu"), None, False), ledger=ledger, weight_of=weight_of)
+        return torch.eye(k) - model.weight.detach(), ledger.loss  # the gradient step taken, the scores
+
+    plain_step, plain_scores = one_step(None)
+    w = torch.ones(4)
+    w[3] = 2.0
+    weighted_step, weighted_scores = one_step(w)
+    assert torch.equal(weighted_scores, plain_scores)  # the scores are unweighted
+    # the gradient is linear in each sample's loss: row-wise, sample 3's part doubles
+    x0, x1 = logits[0], logits[1]
+    # the gradient of the mean loss is the batch mean of outer(dL/dz, x)
+    p0, p1 = torch.softmax(x0, 0), torch.softmax(x1, 0)
+    d0, d1 = p0 - F.one_hot(torch.tensor(1), k), p1 - F.one_hot(torch.tensor(2), k)
+    assert torch.allclose(plain_step, (torch.outer(d0, x0) + torch.outer(d1, x1)) / 2, atol=1e-6)
+    assert torch.allclose(weighted_step, (torch.outer(d0, x0) + 2 * torch.outer(d1, x1)) / 2, atol=1e-6)
+
+
+def test_a_shorter_epoch_walks_the_lr_span_of_a_full_one():
+    """step_scale: an epoch of 2 steps on a grid span of 4 takes the LR at positions 0 and 2."""
+    seen = []
+
+    class Spy(LRSchedule):
+        def __call__(self, step):
+            seen.append(step)
+            return super().__call__(step)
+
+    subset = np.array([0, 1], dtype=np.int64)
+    tags = torch.from_numpy(Shard(subset, np.array([True, True]), 1).encoded_labels())
+    batches = [Batch(torch.zeros(1, 2), tags[:1]), Batch(torch.zeros(1, 2), tags[1:])]
+    model = torch.nn.Linear(2, 2)
+    stats = train_one_epoch(model=model, loader=ListLoader(batches), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                            label_smoothing=0.0, lr_schedule=Spy(0.1, 0, 100, "step"), global_step=8, step_scale=2.0,
+                            class_of=torch.tensor([0, 1]), precision=Precision(torch.device("cpu"), None, False))
+    assert seen == [8, 8.0, 10.0] and stats.global_step == 12.0

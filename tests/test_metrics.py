@@ -19,7 +19,7 @@ EXPECTED = ["dap_samples_trained_total", "dap_images_per_second", "dap_step_seco
             "dap_train_loss", "dap_learning_rate", "dap_epoch", "dap_subset_samples", "dap_kept_fraction_ratio",
             "dap_compute_ratio", "dap_selection_duration_seconds", "dap_selection_sent_bytes_total",
             "dap_top1_accuracy_ratio", "dap_top5_accuracy_ratio", "dap_checkpoint_duration_seconds",
-            "dap_skipped_samples_total"]
+            "dap_skipped_samples_total", "dap_policy_info", "dap_weighted_samples", "dap_scored_samples"]
 
 
 def _free_base_port(n=2) -> int:
@@ -80,6 +80,8 @@ def test_live_metrics_agree_with_summary(tiny_data, tmp_path):
         assert labels == {"rank": str(r), "run_id": "t1"}
         assert value == final["samples_trained"] / 2  # equal shards: each rank trained half
         assert m[("dap_epoch", str(r))][0] == 3
+        assert m[("dap_policy_info", str(r))] == (1.0, {"rank": str(r), "run_id": "t1", "strategy": "dap"})
+        assert m[("dap_scored_samples", str(r))][0] == final["score_table"]["scored"] > 0
         assert m[("dap_top1_accuracy_ratio", str(r))][0] == pytest.approx(final["top1"])
         assert m[("dap_subset_samples", str(r))][0] == last["subset"]
         assert m[("dap_compute_ratio", str(r))][0] == pytest.approx(final["compute_ratio_measured"])

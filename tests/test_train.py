@@ -309,3 +309,57 @@ def test_a_fresh_run_moves_an_earlier_one_aside(tiny_data, tmp_path):
     assert re.search(r"epoch 1/1 \[#+\] \d+/\d+ \d+ img/s", p.stdout)
     # W=1 >= E=1: the user is told DaP never drops
     assert "every epoch is warm-up" in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize("policy", [("rs2", "--fraction", "0.3"), ("infobatch", "--prune-ratio", "0.5")])
+def test_policy_trains_to_its_plan_and_resumes_exactly(tiny_data, tmp_path, policy):
+    """RS2 measures exactly its plan; InfoBatch stays within its bounds. A run stopped after
+    epoch 3 and resumed reproduces every selection, weight vector and score table bit for bit."""
+    import torch
+
+    from dap_hvd.policy.policies import make_policy
+
+    name, *params = policy
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train(tiny_data, whole, "--strategy", *policy)
+    s = summary(whole)
+    n, gb = s["num_samples"], s["global_batch"]
+    p = make_policy(name, Schedule(6, 1, 1, 0.7, None, (4,)), **{params[0][2:].replace("-", "_"): float(params[1])})
+    planned = p.plan(n)
+    assert s["policy"] == {"name": name, params[0][2:].replace("-", "_"): float(params[1]),
+                           **({"anneal": 0.875} if name == "infobatch" else {})}
+    for e, pe in zip(s["epochs"], planned.epochs):
+        assert pe.low_size <= e["subset"] <= pe.size
+        assert e["samples"] == e["subset"] + e["padding"] and 0 <= e["padding"] < 2
+    low, high = s["compute_ratio_planned_min"], s["compute_ratio_planned_max"]
+    if name == "rs2":
+        assert [e["subset"] for e in s["epochs"]] == [120, 120, 120, 40, 120, 120]  # 0.3 of 400; a round is 4
+        assert s["compute_ratio_planned"] == low == high == pytest.approx(planned.compute_ratio)
+        assert abs(s["compute_ratio_measured"] - s["compute_ratio_planned"]) < 6 * gb / (6 * n)
+        assert all(e["weights_digest"] is None and e["scores_digest"] is None for e in s["epochs"])
+        assert s["score_table"]["scored"] == 0  # RS2 asks for no scores: nothing is merged
+    else:
+        assert s["compute_ratio_planned"] is None and (low, high) == pytest.approx(planned.compute_bounds)
+        assert low <= s["compute_ratio_measured"] < high
+        ep = s["epochs"]
+        # epoch 1 all data; 2..5 (floor(0.875 * 6) = 5) pruned and reweighted; 6 anneals on all data
+        assert ep[0]["subset"] == n and ep[5]["subset"] == n and ep[5]["weights_digest"] is None
+        assert all(e["subset"] < n and e["weighted"] > 0 and e["weights_digest"] for e in ep[1:5])
+        assert [e["scores_digest"] is not None for e in ep] == [True] * 4 + [False] * 2
+        assert [e["after"] for e in ep] == ["prune"] * 4 + ["full", "end"]
+        assert s["score_table"]["scored"] == n
+    ckpt = torch.load(sorted((whole / "checkpoints").glob("epoch-*.pt"))[-1], weights_only=True)
+    assert ckpt["scores"].dtype == torch.float32 and ckpt["scored_epoch"].dtype == torch.int32
+    assert ckpt["scores"].shape == ckpt["scored_epoch"].shape == (n,)
+
+    train(tiny_data, part, "--strategy", *policy, "--stop-after", "3")
+    horovodrun(2, [DAP_HVD, "train", "--resume", part, "--no-progress"], timeout=300)
+    r = summary(part)
+    for key in ("selection_digest", "weights_digest", "weighted", "scores_digest", "subset", "after", "lr"):
+        assert [e[key] for e in s["epochs"]] == [e[key] for e in r["epochs"]], key
+    assert [e["train_loss"] for e in s["epochs"]] == pytest.approx([e["train_loss"] for e in r["epochs"]], rel=1e-7)
+    assert r["score_table"] == s["score_table"] and r["top1"] == s["top1"]
+    # a changed policy parameter is refused on resume, naming old and new values
+    p = horovodrun(2, [DAP_HVD, "train", "--resume", part, "--epochs", "8", "--no-progress",
+                       params[0], "0.2"], timeout=300, check=False)
+    assert p.returncode != 0 and "policy" in p.stdout + p.stderr and "0.2" in p.stdout + p.stderr

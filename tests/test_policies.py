@@ -1,0 +1,189 @@
+"""Each policy's pure function against its definition (no torch, no ranks)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dap_hvd import ConfigError, DivergedError
+from dap_hvd.policy.policies import POLICIES, RS2, Context, DropSchedule, InfoBatch, Selection, make_policy
+from dap_hvd.policy.schedule import Schedule, plan
+from dap_hvd.policy.scores import ScoreTable
+
+SCHED = Schedule(epochs=12, warmup=3, interval=1, keep=0.8, active=None, reuse=(8,))
+
+
+def ctx(epoch, universe, current=None, scores=None, state=None, seed=0, final=False):
+    scores = np.full(universe.max() + 1, np.nan, np.float32) if scores is None else scores
+    return Context(epoch=epoch, universe=universe, current=current or Selection(universe), scores=scores, seed=seed,
+                   state=state, final=final)
+
+
+# ---------------------------------------------------------------- InfoBatch
+
+def test_infobatch_prunes_below_mean_with_probability_r_and_rescales_the_kept():
+    n, r = 200_000, 0.3
+    universe = np.arange(n, dtype=np.int64)
+    scores = np.random.default_rng(0).exponential(1.0, n).astype(np.float32)  # skewed, like losses
+    below = scores < scores.mean(dtype=np.float64)
+    step = InfoBatch(epochs=10, prune_ratio=r).select(ctx(2, universe, scores=scores))
+    sel = step.selection
+    kept = np.zeros(n, bool)
+    kept[sel.indices] = True
+    assert step.action == "prune" and np.all(np.diff(sel.indices) > 0)
+    assert kept[~below].all()  # no sample at or above the mean is ever pruned
+    # the kept share of the below-mean samples is 1 - r, within 4 standard deviations
+    q = kept[below].mean()
+    sd = math.sqrt(r * (1 - r) / below.sum())
+    assert abs(q - (1 - r)) < 4 * sd
+    expected_fraction = 1 - r * below.mean()
+    assert abs(len(sel.indices) / n - expected_fraction) < 4 * sd
+    # weights: 1/(1-r) exactly on the kept below-mean samples, 1 elsewhere
+    w = dict(zip(sel.indices.tolist(), sel.weights.tolist()))
+    assert sel.weights.dtype == np.float32
+    assert {w[i] for i in np.flatnonzero(below & kept)} == {np.float32(1 / (1 - r))}
+    assert {w[i] for i in np.flatnonzero(~below)} == {1.0}
+    # the weighted count of the below-mean samples equals their number, in expectation
+    assert abs(sum(w[i] for i in np.flatnonzero(below & kept)) / below.sum() - 1) < 4 * sd / (1 - r)
+
+
+def test_infobatch_is_seeded_by_epoch_and_keeps_samples_never_scored():
+    universe = np.arange(1000, dtype=np.int64)
+    scores = np.linspace(0, 2, 1000).astype(np.float32)
+    scores[:100] = np.nan  # never trained: they must stay in, whatever the mean
+    ib = InfoBatch(epochs=10)
+    a = ib.select(ctx(3, universe, scores=scores, seed=5)).selection
+    b = ib.select(ctx(3, universe, scores=scores, seed=5)).selection
+    c = ib.select(ctx(4, universe, scores=scores, seed=5)).selection
+    assert np.array_equal(a.indices, b.indices) and np.array_equal(a.weights, b.weights)
+    assert not np.array_equal(a.indices, c.indices)
+    assert set(range(100)) <= set(a.indices.tolist())
+    # nothing scored yet: the first epoch, all data, unweighted
+    first = ib.select(ctx(0, universe))
+    assert first.action == "full" and first.selection.weights is None and len(first.selection.indices) == 1000
+
+
+@pytest.mark.parametrize("epochs,anneal,prunes", [(12, 0.875, 10), (90, 0.875, 78), (10, 1.0, 10), (8, 0.5, 4)])
+def test_infobatch_anneals_on_all_data_in_the_last_epochs(epochs, anneal, prunes):
+    ib = InfoBatch(epochs=epochs, anneal=anneal)
+    assert ib.prune_epochs == prunes  # floor(delta * E)
+    universe = np.arange(500, dtype=np.int64)
+    scores = np.random.default_rng(1).random(500).astype(np.float32)
+    for e in range(1, epochs):  # the step after epoch e selects epoch e+1
+        step = ib.select(ctx(e, universe, scores=scores))
+        if e + 1 <= prunes:
+            assert step.action == "prune" and len(step.selection.indices) < 500
+        else:
+            assert step.action == "full" and step.selection.weights is None and len(step.selection.indices) == 500
+        assert ib.needs_scores(e, None) == (e + 1 <= prunes)
+    p = ib.plan(500)
+    assert [e.event for e in p.epochs] == ["full"] + ["prune"] * (prunes - 1) + ["full"] * (epochs - prunes)
+    low, high = p.compute_bounds
+    assert high == 1.0 and p.compute_ratio is None and not p.exact
+    assert low == pytest.approx((epochs - (prunes - 1) * 0.5 + (prunes - 1) * 0.5 / 500) / epochs, abs=1e-3)
+
+
+def test_infobatch_parameters_are_checked_with_their_flags():
+    with pytest.raises(ConfigError, match=r"--prune-ratio.*\(0, 1\)"):
+        InfoBatch(epochs=4, prune_ratio=1.0)
+    with pytest.raises(ConfigError, match=r"--anneal"):
+        InfoBatch(epochs=4, anneal=0)
+
+
+# ---------------------------------------------------------------- RS2
+
+@pytest.mark.parametrize("n,r", [(100, 0.3), (100, 0.25), (1000, 0.1), (7, 0.5), (1000, 1.0)])
+def test_rs2_sees_every_sample_exactly_once_per_round(n, r):
+    universe = np.sort(np.random.default_rng(2).choice(10 * n, size=n, replace=False)).astype(np.int64)
+    rs2 = RS2(epochs=40, fraction=r)
+    per_round = math.ceil(n / rs2.chunk(n))
+    if (r * n).is_integer():
+        assert per_round == math.ceil(1 / r)  # the definition's round length
+    epochs = [rs2.first(universe, seed=3)]
+    for e in range(1, 3 * per_round):
+        epochs.append(rs2.select(ctx(e, universe, current=epochs[-1], seed=3)).selection)
+    for k in range(3):
+        seen = np.concatenate([s.indices for s in epochs[k * per_round:(k + 1) * per_round]])
+        assert np.array_equal(np.sort(seen), universe)  # once each, none twice
+    assert all(np.all(np.diff(s.indices) > 0) and s.weights is None for s in epochs)
+    if per_round > 1:  # a new permutation each round
+        assert not np.array_equal(epochs[0].indices, epochs[per_round].indices)
+    # the plan knows every size exactly
+    p = rs2.plan(n)
+    assert p.exact and [e.size for e in p.epochs[:len(epochs)]] == [len(s.indices) for s in epochs]
+
+
+def test_rs2_draw_is_a_pure_function_of_seed_and_epoch():
+    universe = np.arange(1000, dtype=np.int64)
+    rs2 = RS2(epochs=10, fraction=0.2)
+    assert np.array_equal(rs2.draw(universe, 1, 7).indices, rs2.draw(universe, 1, 7).indices)
+    assert not np.array_equal(rs2.draw(universe, 1, 7).indices, rs2.draw(universe, 2, 7).indices)
+    assert rs2.plan(1000).compute_ratio == pytest.approx(0.2)
+    assert rs2.needs_scores(3, None) is False
+
+
+# ---------------------------------------------------------------- DaP, random, full through the policy interface
+
+def test_dap_policy_walks_algorithm_1_and_keeps_the_hardest():
+    n = 1000
+    universe = np.arange(n, dtype=np.int64)
+    scores = np.random.default_rng(4).random(n).astype(np.float32)
+    dap = make_policy("dap", SCHED)
+    state, sel, sizes = dap.initial_state(), dap.first(universe, 0), []
+    for e in range(1, SCHED.epochs + 1):
+        sizes.append(len(sel.indices))
+        step = dap.select(ctx(e, universe, current=sel, scores=scores, state=state, final=e == SCHED.epochs))
+        if step.action == "drop":
+            kept = set(step.selection.indices.tolist())
+            dropped = set(sel.indices.tolist()) - kept
+            assert min(scores[list(kept)]) >= max(scores[list(dropped)])
+        state, sel = step.state, step.selection
+    assert sizes == [e.size for e in plan(SCHED, n).epochs]
+    assert step.action == "end"  # the drop due after the last epoch is not made
+
+
+def test_dap_refuses_non_finite_scores_with_the_samples():
+    universe = np.arange(10, dtype=np.int64)
+    scores = np.zeros(10, np.float32)
+    scores[7] = np.inf
+    dap = make_policy("dap", Schedule(epochs=4, warmup=1, interval=1, keep=0.5))
+    with pytest.raises(DivergedError, match=r"epoch 2.*\[7\]"):
+        dap.select(ctx(2, universe, scores=scores, state=dap.initial_state()))
+
+
+def test_registry_names_every_policy_and_refuses_unknown_ones():
+    assert list(POLICIES) == ["dap", "random", "full", "infobatch", "rs2"]
+    for name in POLICIES:
+        assert make_policy(name, SCHED).name == name
+    with pytest.raises(ConfigError, match="--strategy.*infobatch"):
+        make_policy("kakurenbo", SCHED)
+    assert make_policy("full", SCHED).plan(100).compute_ratio == 1.0
+    assert isinstance(make_policy("random", SCHED), DropSchedule)
+
+
+def test_the_policy_package_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, dap_hvd.policy.policies, dap_hvd.policy.scores, dap_hvd.config; "
+            "bad = [m for m in ('torch', 'horovod', 'pydantic') if m in sys.modules]; assert not bad, bad")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
+# ---------------------------------------------------------------- the score table
+
+def test_score_table_keeps_the_last_score_of_samples_not_trained():
+    t = ScoreTable(6)
+    assert t.scored() == 0 and np.isnan(t.loss).all()
+    t.update(np.array([0, 2, 4]), np.array([1.0, 2.0, 3.0], np.float32), epoch=1)
+    t.update(np.array([2, 5]), np.array([0.5, 9.0], np.float32), epoch=2)
+    assert t.loss[[0, 2, 4, 5]].tolist() == [1.0, 0.5, 3.0, 9.0] and t.epoch.tolist() == [1, 0, 2, 0, 1, 2]
+    assert t.scored() == 4
+    u = ScoreTable.from_arrays(t.loss.copy(), t.epoch.copy())
+    assert u.digest() == t.digest()
+    u.update(np.array([1]), np.array([0.0], np.float32), epoch=3)
+    assert u.digest() != t.digest()
+
+
+def test_score_table_at_imagenet_scale_is_about_10_mb():
+    assert ScoreTable(1_281_167).nbytes == 8 * 1_281_167  # 10.2 MB: float32 loss + int32 epoch
