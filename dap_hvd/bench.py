@@ -70,7 +70,7 @@ def machine() -> dict:
 # ---------------------------------------------------------------- start-up
 
 _STACK = ("numpy", "torch", "torch._dynamo", "torchvision", "horovod.torch", "nvidia.dali", "prometheus_client",
-          "dap_hvd.train")
+          "pydantic", "dap_hvd.train")
 
 
 def _import_seconds(module: str) -> float:
@@ -102,20 +102,29 @@ def _timed_launch(args: list, timeout: int = 600) -> dict:
     return marks
 
 
+_CONFIG_CODE = ("import time; t = time.perf_counter(); from dap_hvd.config import load_config; "
+                "load_config(None, {'data.root': '.', 'strategy': 'infobatch'}); print(time.perf_counter() - t)")
+
+
 def bench_startup(data: Path, work: Path, repeats: int) -> dict:
-    plan_runs = []
+    plan_runs = {s: [] for s in ("dap", "rs2", "infobatch")}
+    config_runs = []
     for _ in range(repeats):
-        t = time.perf_counter()
-        subprocess.run([str(BIN / "dap-hvd"), "plan", "--preset", "imagenet"], env=_env(), capture_output=True,
-                       check=True, timeout=60)
-        plan_runs.append(time.perf_counter() - t)
+        for strategy, runs in plan_runs.items():
+            t = time.perf_counter()
+            subprocess.run([str(BIN / "dap-hvd"), "plan", "--preset", "imagenet", "--strategy", strategy], env=_env(),
+                           capture_output=True, check=True, timeout=60)
+            runs.append(time.perf_counter() - t)
+        p = subprocess.run([sys.executable, "-c", _CONFIG_CODE], env=_env(), capture_output=True, text=True,
+                           check=True, timeout=60)
+        config_runs.append(float(p.stdout.strip().splitlines()[-1]))
     imports = {m: statistics.median(_import_seconds(m) for _ in range(repeats)) for m in _STACK}
     launches = [_timed_launch([BIN / "dap-hvd", "train", "--data", data, "--out", work / f"startup-{r}",
                                "--no-progress", "--workers", "1", "--epochs", "1", "--reuse", "none",
                                "--lr-steps", "none"]) for r in range(repeats)]
     med = {k: statistics.median(m[k] for m in launches) for k in launches[0]}
-    return dict(repeats=repeats, plan_seconds=statistics.median(plan_runs), imports=imports, launch=med,
-                launches=launches)
+    return dict(repeats=repeats, plan_seconds={k: statistics.median(v) for k, v in plan_runs.items()},
+                config_seconds=statistics.median(config_runs), imports=imports, launch=med, launches=launches)
 
 
 # ---------------------------------------------------------------- GPU (one process, one GPU)
@@ -395,6 +404,16 @@ def _ms(xs) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
 
+def _plan_line(st: dict) -> str:
+    plans = st["plan_seconds"] if isinstance(st["plan_seconds"], dict) else {"dap": st["plan_seconds"]}
+    line = "\n`dap-hvd plan` answers in " + ", ".join(f"{v:.2f} s (`--strategy {k}`)" for k, v in plans.items())
+    line += " from launch to exit, with no torch or pydantic import (target < 0.3 s)."
+    if "config_seconds" in st:
+        line += (f" Loading and validating a training config (pydantic, imported then) takes "
+                 f"{st['config_seconds']:.2f} s in a fresh interpreter.")
+    return line
+
+
 def render(raw: dict) -> dict:
     sec = {}
     m = raw.get("machine")
@@ -433,7 +452,7 @@ def render(raw: dict) -> dict:
             f"`done`) |\n\n"
             "Cold imports in a fresh interpreter, one process, median (each line includes what it imports):\n\n"
             "| import | seconds |\n|---|---|\n" + rows +
-            f"\n`dap-hvd plan` answers in {st['plan_seconds']:.2f} s (no torch import).")
+            + _plan_line(st))
     o = raw.get("overhead")
     if o:
         sec["overhead"] = (
@@ -487,17 +506,23 @@ def render(raw: dict) -> dict:
                              "built from fewer distinct images with more near-duplicates each.\n\n"
                              "| near-duplicates per image | full top-1 | DaP top-1 | DaP − full |\n|---|---|---|---|\n" + rows)
     sel = raw.get("selection")
-    if sel:
+    if sel and "results" in sel[0]:
         rows = "".join(
-            f"| {s['world_size']} | {meth} | {s[meth]['median_seconds']:.3f} | {s[meth]['min_seconds']:.3f} | "
-            f"{s[meth]['bytes_sent_rank0'] / 2**20:.1f} | {s[meth]['peak_extra_mb_rank0']:.1f} |\n"
-            for s in sel for meth in ("allreduce", "allgather"))
+            f"| {s['world_size']} | {key.split('/')[0]} | {key.split('/')[1]} | {r['median_seconds']:.3f} | "
+            f"{r['min_seconds']:.3f} | {r['bytes_sent_rank0'] / 2**20:.1f} | {r['peak_extra_mb_rank0']:.1f} | "
+            f"{r['kept'] / s['num_samples']:.3f} |\n"
+            for s in sel for key, r in s["results"].items())
         sec["selection"] = (
-            f"Merge + select (rank 0) + broadcast for N = {sel[0]['num_samples']:,} samples (ImageNet), CPU ranks "
-            f"under `horovodrun --gloo` on this machine, median of {sel[0]['repeats']} (slowest rank each time). "
-            f"Bytes: what rank 0 puts on the wire. Memory: rank 0's peak RSS growth during the step, beyond the "
-            f"{sel[0]['ledger_mb']:.1f} MB ledger (targets: < 0.5 s with 2 ranks, < 64 MB).\n\n"
-            "| ranks | merge | median s | min s | MB sent | peak extra MB |\n|---|---|---|---|---|---|\n" + rows)
+            f"The step after a scored epoch for N = {sel[0]['num_samples']:,} samples (ImageNet): merge the "
+            f"per-sample losses, write them into the score table, run the policy on rank 0 (DaP: hardest 90% of the "
+            f"subset; InfoBatch: below-mean pruning at r = 0.5 with its loss weights), broadcast the selection "
+            f"(int64 indices, and float32 weights for InfoBatch). CPU ranks under `horovodrun --gloo` on this "
+            f"machine, median of {sel[0]['repeats']} (slowest rank each time). Bytes: what rank 0 puts on the wire. "
+            f"Memory: the score table holds {sel[0]['score_table_mb']:.1f} MB on every rank (float32 loss + int32 "
+            f"epoch per sample) beside the {sel[0]['ledger_mb']:.1f} MB ledger; 'peak extra' is rank 0's RSS "
+            f"growth during the step beyond both (targets: < 0.5 s with 2 ranks, < 64 MB).\n\n"
+            "| ranks | policy | merge | median s | min s | MB sent | peak extra MB | kept |\n"
+            "|---|---|---|---|---|---|---|---|\n" + rows)
     ld = raw.get("loaders")
     if ld:
         sec["loaders"] = (
