@@ -4,6 +4,7 @@
   (b) end-to-end saving: wall clock of DaP vs full data for the same epochs, against compute
   (c) the selection step at ImageNet scale (2 and 4 ranks), and loader throughput (DALI vs torch)
   (d) accuracy at matched compute (the paper's Table 2(f)) over seeds, and the redundancy sweep
+  (e) `--only real`: every policy's top-1 against compute and wall clock on Fashion-MNIST (bench_real)
 Every figure is measured here, in this run; medians over repeats, ratios measured side by side.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 BIN = Path(sys.executable).parent
-SECTIONS = ("machine", "gpu", "startup", "overhead", "saving", "selection", "loaders", "accuracy", "redundancy")
+SECTIONS = ("machine", "gpu", "startup", "overhead", "saving", "selection", "loaders", "accuracy", "redundancy", "real")
 
 
 def _env() -> dict:
@@ -385,6 +386,22 @@ def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
     return dict(seeds=seeds, planned_ratio=ratio, schedule=SCHED, runs=runs)
 
 
+def bench_real(work: Path, a: argparse.Namespace, raw: dict, save) -> dict:
+    """Fashion-MNIST, every policy (bench_real.py). Each run's figures are saved as it ends."""
+    from dap_hvd import bench_real as real
+
+    def train_run(args: list, out: Path) -> dict:
+        _horovodrun(2, [BIN / "dap-hvd", "train", "--out", out, "--no-progress", "--workers", "1", *args], 3600)
+        return json.loads((out / "summary.json").read_text())
+
+    def keep(result: dict) -> None:
+        raw["real"] = result
+        save()
+
+    return real.run(work, a.seeds, a.full, train=train_run, log=lambda line: print(line, flush=True),
+                    previous=raw.get("real", {}), save=keep)
+
+
 def bench_redundancy(work: Path, seeds: int, levels=(1, 4, 12)) -> dict:
     """Table 4: DaP's gap to full data as the near-duplicate count varies, same image count."""
     from dap_hvd.data.sample_data import SampleSpec, make_sample_data
@@ -416,6 +433,10 @@ def _plan_line(st: dict) -> str:
 
 def render(raw: dict) -> dict:
     sec = {}
+    if raw.get("real", {}).get("runs"):
+        from dap_hvd import bench_real
+
+        sec["real"] = bench_real.render(raw["real"]) + "\n![top-1 against compute and wall clock](bench/pareto_real.png)"
     m = raw.get("machine")
     if m:
         sec["machine"] = (f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}. Python {m['python']}, "
@@ -554,7 +575,8 @@ it; raw figures in `bench/results.json`). Nothing here is typed by hand.
 TITLES = {"machine": "Machine and versions", "gpu": "GPU: ResNet-50 throughput and the DALI path",
           "startup": "Start-up time", "overhead": "(a) DaP overhead", "saving": "(b) End-to-end saving",
           "selection": "(c) Selection step at ImageNet scale", "loaders": "(c) Loader throughput",
-          "accuracy": "(d) Accuracy at matched compute (Table 2(f))", "redundancy": "(d) Redundancy sweep (Table 4)"}
+          "accuracy": "(d) Accuracy at matched compute (Table 2(f))", "redundancy": "(d) Redundancy sweep (Table 4)",
+          "real": "(e) Every policy on real images: Fashion-MNIST"}
 
 
 def write_markdown(path: Path, sections: dict) -> None:
@@ -595,7 +617,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(("startup", "overhead", "selection", "loaders", "accuracy",
                                                 "redundancy")),
                     help="comma list of: startup, overhead, selection, loaders, accuracy (includes saving), "
-                         "redundancy, gpu (one GPU; not in the default list)")
+                         "redundancy; not in the default list: gpu (one GPU), real (Fashion-MNIST, every policy, "
+                         "about 80 min on 2 cores)")
+    ap.add_argument("--full", action="store_true", help="real: the whole 60k/10k Fashion-MNIST (a GPU or a big machine)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--num-samples", type=int, default=1_281_167)
@@ -634,6 +658,7 @@ def main(argv=None) -> int:
             "loaders": lambda: bench_loaders(work, a.repeats),
             "accuracy": lambda: bench_accuracy(data, work, a.seeds),  # also feeds (b) saving
             "redundancy": lambda: bench_redundancy(work, a.seeds),
+            "real": lambda: bench_real(work, a, raw, save),
         }
         unknown = only - set(jobs)
         if unknown:
@@ -648,6 +673,10 @@ def main(argv=None) -> int:
             raw[name] = result
             if name == "accuracy":
                 plot(raw, Path(a.out).parent / "bench" / "accuracy_vs_compute.png")
+            if name == "real":
+                from dap_hvd import bench_real as real
+
+                real.plot(result, Path(a.out).parent / "bench" / "pareto_real.png")
             shown = render(raw)
             print(*(shown[k] for k in (("saving", "accuracy") if name == "accuracy" else (name,))), sep="\n\n")
             print(flush=True)

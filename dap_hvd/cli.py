@@ -1,4 +1,4 @@
-"""`dap-hvd`: plan | train | evaluate | export | make-sample-data | verify-data | sd-file | bench.
+"""`dap-hvd`: plan | train | evaluate | export | make-sample-data | make-fashion-mnist | verify-data | sd-file | bench.
 
 Imports stay lazy so `dap-hvd plan` answers in well under a second, without torch.
 """
@@ -248,6 +248,18 @@ def cmd_make_sample_data(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_fashion_mnist(a: argparse.Namespace) -> int:
+
+    from dap_hvd.data.fashion_mnist import DEBIAN_DIR, FashionSpec, write_fashion_mnist
+
+    spec = FashionSpec(train_per_class=a.train_per_class, val_per_class=a.val_per_class, seed=a.seed)
+    source = Path(a.source) if a.source else DEBIAN_DIR
+    root = write_fashion_mnist(Path(a.dir), spec, source=source, force=a.force)
+    print(f"wrote {root} (Fashion-MNIST, {a.train_per_class or 6000} train / {a.val_per_class or 1000} val per class, "
+          f"28x28 PNG, from {source})")
+    return 0
+
+
 def cmd_verify_data(a: argparse.Namespace) -> int:
     from dap_hvd.data.verify import verify_data
 
@@ -308,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace DIR even if it holds something make-sample-data did not write")
     p.set_defaults(func=cmd_make_sample_data)
+    p = sub.add_parser("make-fashion-mnist", help="write Fashion-MNIST (real images) in the ImageNet layout")
+    p.add_argument("dir", help="where to write DIR/{train,val}/<class name>/<index>.png")
+    p.add_argument("--source", help="folder with the IDX files (default: where `apt-get install "
+                   "dataset-fashion-mnist` puts them, /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--train-per-class", type=int, help="a class-balanced training subset (default: all 6,000)")
+    p.add_argument("--val-per-class", type=int, help="a class-balanced test subset (default: all 1,000)")
+    p.add_argument("--seed", type=int, default=0, help="which samples a subset takes (default 0)")
+    p.add_argument("--force", action="store_true", help="rewrite DIR even if it holds this very dataset")
+    p.set_defaults(func=cmd_make_fashion_mnist)
     p = sub.add_parser("verify-data", help="list every unreadable / corrupt / non-image file; non-zero if any")
     p.add_argument("root", help="dataset root in the ImageNet layout")
     p.add_argument("--file-list", help="check a 'path label' file list (paths relative to ROOT) instead of folders")

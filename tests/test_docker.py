@@ -70,5 +70,5 @@ def test_compose_prometheus_and_dashboard():
     dash = json.loads((REPO / "docker" / "grafana" / "dashboards" / "dap-hvd.json").read_text())
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
     for metric in ("dap_samples_trained_total", "dap_train_loss", "dap_kept_fraction_ratio", "dap_compute_ratio",
-                   "dap_top1_accuracy_ratio"):
+                   "dap_top1_accuracy_ratio", "dap_policy_info", "dap_weighted_samples", "dap_scored_samples"):
         assert metric in exprs and metric.split("_bucket")[0] in EXPECTED

@@ -92,13 +92,11 @@ def test_infobatch_parameters_are_checked_with_their_flags():
 
 # ---------------------------------------------------------------- RS2
 
-@pytest.mark.parametrize("n,r", [(100, 0.3), (100, 0.25), (1000, 0.1), (7, 0.5), (1000, 1.0)])
-def test_rs2_sees_every_sample_exactly_once_per_round(n, r):
+@pytest.mark.parametrize("n,r", [(100, 0.25), (1000, 0.1), (400, 0.5), (1000, 1.0)])
+def test_rs2_sees_every_sample_exactly_once_per_round_of_1_over_r_epochs(n, r):
     universe = np.sort(np.random.default_rng(2).choice(10 * n, size=n, replace=False)).astype(np.int64)
     rs2 = RS2(epochs=40, fraction=r)
-    per_round = math.ceil(n / rs2.chunk(n))
-    if (r * n).is_integer():
-        assert per_round == math.ceil(1 / r)  # the definition's round length
+    per_round = math.ceil(1 / r)
     epochs = [rs2.first(universe, seed=3)]
     for e in range(1, 3 * per_round):
         epochs.append(rs2.select(ctx(e, universe, current=epochs[-1], seed=3)).selection)
@@ -108,9 +106,22 @@ def test_rs2_sees_every_sample_exactly_once_per_round(n, r):
     assert all(np.all(np.diff(s.indices) > 0) and s.weights is None for s in epochs)
     if per_round > 1:  # a new permutation each round
         assert not np.array_equal(epochs[0].indices, epochs[per_round].indices)
-    # the plan knows every size exactly
     p = rs2.plan(n)
-    assert p.exact and [e.size for e in p.epochs[:len(epochs)]] == [len(s.indices) for s in epochs]
+    assert p.exact and all(e.size == int(r * n) for e in p.epochs)
+
+
+@pytest.mark.parametrize("n,r", [(400, 0.3), (10, 0.7), (1000, 0.9), (7, 0.5), (13, 0.95)])
+def test_rs2_trains_r_every_epoch_and_no_sample_twice_before_all_once(n, r):
+    """Where 1/r does not divide N a round cannot be exact; the walk keeps every epoch at
+    floor(r N) distinct samples, and every two samples' counts within one of each other."""
+    universe = np.arange(n, dtype=np.int64) * 3
+    rs2 = RS2(epochs=60, fraction=r)
+    counts = np.zeros(n, dtype=int)
+    for e in range(1, 60):
+        sel = rs2.draw(universe, 1, e).indices
+        assert len(sel) == len(np.unique(sel)) == int(r * n)
+        counts[sel // 3] += 1
+        assert counts.max() - counts.min() <= 1, e
 
 
 def test_rs2_draw_is_a_pure_function_of_seed_and_epoch():
@@ -119,6 +130,7 @@ def test_rs2_draw_is_a_pure_function_of_seed_and_epoch():
     assert np.array_equal(rs2.draw(universe, 1, 7).indices, rs2.draw(universe, 1, 7).indices)
     assert not np.array_equal(rs2.draw(universe, 1, 7).indices, rs2.draw(universe, 2, 7).indices)
     assert rs2.plan(1000).compute_ratio == pytest.approx(0.2)
+
     assert rs2.needs_scores(3, None) is False
 
 
@@ -187,3 +199,29 @@ def test_score_table_keeps_the_last_score_of_samples_not_trained():
 
 def test_score_table_at_imagenet_scale_is_about_10_mb():
     assert ScoreTable(1_281_167).nbytes == 8 * 1_281_167  # 10.2 MB: float32 loss + int32 epoch
+
+
+def _walk_from_the_first_pass(universe, r, seed, epoch):
+    """The definition, replayed from pass 0: the reference the shortcut in RS2.draw must match."""
+    n = len(universe)
+    m = RS2(epochs=1, fraction=r).chunk(n)
+    start, end = (epoch - 1) * m, epoch * m
+    walk, taken = [], set()
+    for k in range((end - 1) // n + 1):
+        raw = list(np.random.default_rng([seed, k, 0x52]).permutation(n))
+        t = (k * n) % m
+        if k and t:  # the straddling epoch takes new samples the old pass's rest does not hold
+            tail = set(walk[-t:])
+            fresh = [x for x in raw if x not in tail][:m - t]
+            cut = raw.index(fresh[-1]) + 1
+            raw = fresh + [x for x in raw[:cut] if x in tail] + raw[cut:]
+        walk += raw
+    return np.sort(universe[walk[start:end]])
+
+
+@pytest.mark.parametrize("n,r", [(11, 0.8), (50, 0.6), (13, 0.95), (40, 0.3)])
+def test_rs2_shortcut_matches_the_walk_from_the_first_pass(n, r):
+    universe = np.arange(n, dtype=np.int64) + 100
+    rs2 = RS2(epochs=80, fraction=r)
+    for e in range(1, 80):
+        assert np.array_equal(rs2.draw(universe, 4, e).indices, _walk_from_the_first_pass(universe, r, 4, e)), e

@@ -1,0 +1,77 @@
+"""The Fashion-MNIST converter, on IDX files the test writes (the suite needs no Debian package)."""
+
+import gzip
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dap_hvd import DataError
+from dap_hvd.data.catalog import load_catalog
+from dap_hvd.data.fashion_mnist import CLASSES, FashionSpec, read_idx, write_fashion_mnist
+
+
+def _idx(path, array, gz=True):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (path.with_name(path.name + ".gz") if gz else path).write_bytes(gzip.compress(data, mtime=0) if gz else data)
+
+
+@pytest.fixture
+def idx_source(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "idx"
+    src.mkdir()
+    for stem, n in (("train", 60), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 256, size=(n, 28, 28))
+        images[:, 0, 0] = labels  # each image carries its label in a pixel, to check the folders
+        _idx(src / f"{stem}-images-idx3-ubyte", images, gz=stem == "train")
+        _idx(src / f"{stem}-labels-idx1-ubyte", labels, gz=stem == "train")
+    return src
+
+
+def _tree_digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_writes_the_imagenet_layout_with_class_named_folders(idx_source, tmp_path):
+    root = write_fashion_mnist(tmp_path / "fm", FashionSpec(), source=idx_source)
+    train, val = load_catalog(root, "train"), load_catalog(root, "val")
+    assert train.classes == tuple(sorted(CLASSES)) and len(train) == 60 and len(val) == 20
+    for path in list(root.glob("train/*/*.png"))[:20]:
+        label = np.asarray(Image.open(path))[0, 0]
+        assert path.parent.name == CLASSES[label]
+
+
+def test_subsets_are_class_balanced_deterministic_and_reused(idx_source, tmp_path):
+    spec = FashionSpec(train_per_class=3, val_per_class=1, seed=5)
+    a = write_fashion_mnist(tmp_path / "a", spec, source=idx_source)
+    b = write_fashion_mnist(tmp_path / "b", spec, source=idx_source)
+    assert _tree_digest(a) == _tree_digest(b)  # same arguments, same bytes
+    assert all(len(list((a / "train" / c).iterdir())) == 3 for c in CLASSES)
+    assert len(list(a.glob("val/*/*.png"))) == 10
+    other = write_fashion_mnist(tmp_path / "c", FashionSpec(train_per_class=3, val_per_class=1, seed=6),
+                                source=idx_source)
+    assert _tree_digest(other) != _tree_digest(a)
+    mtime = (a / "fashion-mnist.json").stat().st_mtime_ns
+    write_fashion_mnist(a, spec, source=idx_source)  # written before: reused as it is
+    assert (a / "fashion-mnist.json").stat().st_mtime_ns == mtime
+    with pytest.raises(DataError, match="fewer than 7 asked"):
+        write_fashion_mnist(tmp_path / "d", FashionSpec(train_per_class=7), source=idx_source)
+
+
+def test_bad_or_missing_idx_files_are_named(idx_source, tmp_path):
+    with pytest.raises(DataError, match=r"no train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist"):
+        write_fashion_mnist(tmp_path / "x", source=tmp_path)
+    broken = idx_source / "t10k-labels-idx1-ubyte"
+    broken.write_bytes(broken.read_bytes()[:-3])
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: holds 17 bytes of data, its header says shape \(20,\)"):
+        read_idx(broken)
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
+        write_fashion_mnist(tmp_path / "y", source=idx_source)
+    assert not (tmp_path / "y").exists()  # nothing half-written is left under the name
