@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 # The default budget: 2 cores, at most 90 minutes. --full: the whole 60k/10k set.
-SMALL = dict(train_per_class=1000, val_per_class=500, image_size=28, epochs=10, warmup=1, reuse=6, lr_steps=(6, 9),
+SMALL = dict(train_per_class=600, val_per_class=500, image_size=28, epochs=10, warmup=1, reuse=6, lr_steps=(6, 9),
              batch_size=64, lr=0.2, model="resnet_small", min_crop_area=0.35)
 FULL = dict(SMALL, train_per_class=None, val_per_class=None)
 DAP_KEEP = (0.9, 0.7, 0.5)  # DaP's compute levels (W=1, I=1, R=6 over 10 epochs: 0.85, 0.63, 0.48)
@@ -52,7 +52,7 @@ def _levels(cfg: dict, n: int) -> dict:
         "full": [(None, 1.0)],
         "dap": list(zip(DAP_KEEP, ratios)),
         "random": list(zip(DAP_KEEP, ratios)),
-        "fewer_epochs": [(max(1, round(r * cfg["epochs"])), r) for r in ratios],
+        "fewer_epochs": list({max(1, round(r * cfg["epochs"])): r for r in ratios}.items()),
         "fixed_subset": [(round(r, 4), r) for r in ratios],
         "infobatch": [(r, None) for r in INFOBATCH_R],
         "rs2": [(round(r, 4), r) for r in ratios],

@@ -163,8 +163,8 @@ class DropSchedule:
             return Step(ctx.current, decision.state, "end")
         if decision.action == PICK:
             return Step(_all(ctx.universe), decision.state, PICK)
-        if decision.action != DROP or self.name == "full":
-            return Step(ctx.current, decision.state, decision.action)
+        if decision.action != DROP or self.name == "full":  # full data never drops: it stays
+            return Step(ctx.current, decision.state, decision.action if decision.action != DROP else "stay")
         current = ctx.current.indices
         kept = drop_keep(self.name, current, ctx.scores[current] if self.name == "dap" else None,
                          keep_count(len(current), self.schedule.keep), seed=ctx.seed, epoch=ctx.epoch)
@@ -173,8 +173,10 @@ class DropSchedule:
     def plan(self, num_samples):
         sched = self.schedule if self.name != "full" else replace(self.schedule, keep=1.0)
         p = plan_schedule(sched, num_samples)
-        params = {} if self.name == "full" else self.schedule.to_dict()
-        return replace(p, policy=self.name, params=params)
+        if self.name == "full":
+            rows = tuple(replace(e, event="full", after="stay" if e.after == DROP else e.after) for e in p.epochs)
+            return replace(p, epochs=rows, policy="full", params={})
+        return replace(p, policy=self.name, params=self.schedule.to_dict())
 
 
 def _check_ratio(value, name: str, flag: str, low_open: bool = True, high_open: bool = True) -> float:
