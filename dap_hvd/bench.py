@@ -472,8 +472,7 @@ def render(raw: dict) -> dict:
             f"| `done` | {la['done']:.1f} |\n| launcher exits | {la['exit']:.1f} ({la['exit'] - la['done']:.1f} after "
             f"`done`) |\n\n"
             "Cold imports in a fresh interpreter, one process, median (each line includes what it imports):\n\n"
-            "| import | seconds |\n|---|---|\n" + rows +
-            + _plan_line(st))
+            "| import | seconds |\n|---|---|\n" + rows + _plan_line(st))
     o = raw.get("overhead")
     if o:
         sec["overhead"] = (

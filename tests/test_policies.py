@@ -206,7 +206,7 @@ def _walk_from_the_first_pass(universe, r, seed, epoch):
     n = len(universe)
     m = RS2(epochs=1, fraction=r).chunk(n)
     start, end = (epoch - 1) * m, epoch * m
-    walk, taken = [], set()
+    walk = []
     for k in range((end - 1) // n + 1):
         raw = list(np.random.default_rng([seed, k, 0x52]).permutation(n))
         t = (k * n) % m
