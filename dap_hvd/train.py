@@ -646,6 +646,9 @@ def _resume(r: Run) -> RunState:
             if ckpt is None:
                 raise DapError(f"--resume: no checkpoint in {r.run_dir / 'checkpoints'}")
             meta = json.loads(ckpt["state"])
+            # checkpoints written before the score table (0.1 runs) resume with a fresh one
+            meta.setdefault("policy_state", meta.get("dap"))
+            meta["has_scores"] = "scores" in ckpt
             _check_compatible(r, meta)
             r.model.load_state_dict(ckpt["model"])
             r.optimizer.load_state_dict(ckpt["optimizer"])
@@ -662,7 +665,7 @@ def _resume(r: Run) -> RunState:
     if shared is None:
         state.run_id = dist.broadcast_json({"run_id": state.run_id}, name="resume.run_id")["run_id"]
         return state
-    state.selection, state.scores = _restore_policy_data(world, ckpt, shared)
+    state.selection, state.scores = _restore_policy_data(world, ckpt, shared, len(r.train_cat))
     state.epoch = shared["epoch"]
     state.policy_state = None if shared["policy_state"] is None else DapState(**shared["policy_state"])
     state.history, state.samples_trained = shared["history"], shared["samples_trained"]
@@ -723,13 +726,15 @@ def _policy_params(cfg: TrainConfig) -> dict:
     return {k: getattr(cfg.policy, k) for k in POLICY_PARAMS.get(cfg.strategy, ())}
 
 
-def _restore_policy_data(world: dist.World, ckpt: Optional[dict], shared: dict):
+def _restore_policy_data(world: dist.World, ckpt: Optional[dict], shared: dict, num_samples: int):
     """The checkpoint's selection (indices, weights) and score table, from rank 0 to every rank."""
     indices = dist.broadcast_indices(ckpt["selection"].numpy() if world.is_root else None, name="resume.selection")
     weights = None
     if shared.get("weighted"):
         weights = dist.broadcast_tensor(ckpt["selection_weights"] if world.is_root else None,
                                         name="resume.weights").numpy()
+    if not shared["has_scores"]:
+        return Selection(indices, weights), ScoreTable(num_samples)
     loss = dist.broadcast_tensor(ckpt["scores"] if world.is_root else None, name="resume.scores").numpy()
     scored = dist.broadcast_tensor(ckpt["scored_epoch"] if world.is_root else None, name="resume.scored").numpy()
     return Selection(indices, weights), ScoreTable.from_arrays(loss.copy(), scored.copy())
