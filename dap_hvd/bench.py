@@ -374,12 +374,12 @@ def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
                 s = train(data, out, "--strategy", "full", *_sched_args(fewer, (step,)), *common)
                 s["compute_ratio_measured"] *= fewer / SCHED["epochs"]  # relative to the full-length run
             else:  # a fixed random subset of the data, all epochs
-                keep = np.sort(np.random.default_rng(100 + seed).choice(len(cat), size=round(ratio * len(cat)),
-                                                                         replace=False))
+                from dap_hvd.bench_real import write_subset_list
+
                 fl = work / f"subset-{seed}.txt"
-                fl.write_text("".join(f"train/{cat.paths[i]} {cat.labels[i]}\n" for i in keep))
+                kept = write_subset_list(data, ratio, seed, fl)
                 s = train(data, out, "--strategy", "full", "--train-list", fl, *_sched_args(), *common)
-                s["compute_ratio_measured"] *= len(keep) / len(cat)  # relative to the full dataset
+                s["compute_ratio_measured"] *= kept / len(cat)  # relative to the full dataset
             runs.setdefault(name, []).append(dict(top1=s["top1"], top5=s["top5"], compute=s["compute_ratio_measured"],
                                                   wall=s["wall_seconds"], epoch_seconds=sum(e["seconds"] for e in s["epochs"]),
                                                   train_seconds=sum(e["train_seconds"] for e in s["epochs"])))

@@ -68,18 +68,14 @@ def _args(cfg: dict, policy: str, param, data: Path, work: Path, seed: int) -> l
               "--warmup", cfg["warmup"], "--interval", 1, "--keep-checkpoints", 1]
     reuse = ["--reuse", cfg["reuse"]]
     if policy in ("dap", "random"):
-        return [*common, "--strategy", policy, "--keep", param, "--epochs", epochs, *reuse, "--lr-steps", _csv(lr_steps)]
+        return [*common, "--strategy", policy, "--keep", param, "--epochs", epochs, *reuse, "--lr-steps", _epochs_flag(lr_steps)]
     if policy == "fewer_epochs":  # all data, the same LR shape compressed into fewer epochs
         steps = sorted({max(1, min(param, round(s * param / epochs))) for s in lr_steps})
-        return [*common, "--strategy", "full", "--epochs", param, "--reuse", "none", "--lr-steps", _csv(steps)]
-    tail = ["--epochs", epochs, *reuse, "--lr-steps", _csv(lr_steps)]
+        return [*common, "--strategy", "full", "--epochs", param, "--reuse", "none", "--lr-steps", _epochs_flag(steps)]
+    tail = ["--epochs", epochs, *reuse, "--lr-steps", _epochs_flag(lr_steps)]
     if policy == "fixed_subset":
-        from dap_hvd.data.catalog import load_catalog
-
-        cat = load_catalog(data, "train")
-        keep = np.sort(np.random.default_rng(100 + seed).choice(len(cat), size=round(param * len(cat)), replace=False))
         fl = work / f"subset-{param}-{seed}.txt"
-        fl.write_text("".join(f"train/{cat.paths[i]} {cat.labels[i]}\n" for i in keep))
+        write_subset_list(data, param, seed, fl)
         return [*common, "--strategy", "full", "--train-list", fl, *tail]
     if policy == "infobatch":
         return [*common, "--strategy", "infobatch", "--prune-ratio", param, *tail]
@@ -88,7 +84,18 @@ def _args(cfg: dict, policy: str, param, data: Path, work: Path, seed: int) -> l
     return [*common, "--strategy", "full", *tail]
 
 
-def _csv(xs) -> str:
+def write_subset_list(data: Path, fraction: float, seed: int, path: Path) -> int:
+    """A fixed random subset of the training set as a file list (the 'fixed subset' baseline of
+    Table 2(f)); returns its size."""
+    from dap_hvd.data.catalog import load_catalog
+
+    cat = load_catalog(data, "train")
+    keep = np.sort(np.random.default_rng(100 + seed).choice(len(cat), size=round(fraction * len(cat)), replace=False))
+    path.write_text("".join(f"train/{cat.paths[i]} {cat.labels[i]}\n" for i in keep))
+    return len(keep)
+
+
+def _epochs_flag(xs) -> str:
     return ",".join(map(str, xs)) or "none"
 
 
@@ -183,7 +190,7 @@ def render(res: dict) -> str:
         f"{res['num_train']:,} training images ({'all' if cfg['train_per_class'] is None else cfg['train_per_class']}"
         f" per class) and {res['num_val']:,} test images, {cfg['image_size']} px, `{cfg['model']}`, 2 Gloo ranks × "
         f"batch {cfg['batch_size']}, lr {cfg['lr']} with a 1-epoch warm-up, ×0.1 after epochs "
-        f"{_csv(cfg['lr_steps'])}, label smoothing 0.1, {cfg['epochs']} epochs for every policy (except 'fewer "
+        f"{_epochs_flag(cfg['lr_steps'])}, label smoothing 0.1, {cfg['epochs']} epochs for every policy (except 'fewer "
         f"epochs'). DaP: W={cfg['warmup']}, I=1, R={cfg['reuse']}; InfoBatch δ=0.875. Mean ± std over "
         f"{res['seeds']} seeds. Compute: samples trained over {cfg['epochs']} full epochs. Wall: the epochs' wall "
         f"clock over the full-data run's, same seed, measured side by side in this run.\n\n"

@@ -6,6 +6,7 @@ Imports stay lazy so `dap-hvd plan` answers in well under a second, without torc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -38,9 +39,6 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fraction", type=float, help="rs2 r: the share of the data each epoch trains (default 0.5)")
 
 
-_POLICY_KEYS = ("prune_ratio", "anneal", "fraction")
-
-
 def _schedule_overrides(a: argparse.Namespace) -> dict:
     return {k: getattr(a, k) for k in ("preset", "epochs", "warmup", "interval", "keep", "active", "reuse")}
 
@@ -48,7 +46,7 @@ def _schedule_overrides(a: argparse.Namespace) -> dict:
 def cmd_plan(a: argparse.Namespace) -> int:
     """The plan without torch or pydantic: flags are typed by argparse, a --config file by YAML,
     and the Schedule and policy classes check the ranges (the same checks `train` runs)."""
-    from dap_hvd.config import POLICY_PARAMS, _csv, _schedule  # the same resolution `train` uses
+    from dap_hvd.config import _NONE_WORDS, PolicyConfig, _csv, _schedule, check_policy_params  # as `train`
     from dap_hvd.policy.policies import make_policy
     from dap_hvd.policy.schedule import PRESET_LR_STEPS, PRESETS
 
@@ -73,18 +71,14 @@ def cmd_plan(a: argparse.Namespace) -> int:
             values["reuse"] = () if values["reuse"] is None else tuple(int(v) for v in _csv(values["reuse"]))
         if "active" in values:
             active = values["active"]
-            values["active"] = None if str(active).strip().lower() in ("none", "inf", "unlimited", "") else int(active)
+            values["active"] = None if str(active).strip().lower() in _NONE_WORDS else int(active)
     except ValueError as e:
         raise ConfigError(f"--reuse/--active: expected whole epochs or none ({e})") from None
-    params.update({k: getattr(a, k) for k in _POLICY_KEYS if getattr(a, k) is not None})
+    keys = [f.name for f in dataclasses.fields(PolicyConfig)]
+    params.update({k: getattr(a, k) for k in keys if getattr(a, k) is not None})
     name = a.strategy or strategy or "dap"
-    for key in params:
-        users = [n for n, keys in POLICY_PARAMS.items() if key in keys]
-        if name not in users:
-            raise ConfigError(f"--{key.replace('_', '-')}: applies to --strategy {' or '.join(users) or '(none)'}, "
-                              f"not --strategy {name}")
-    policy = make_policy(name, _schedule(values, default_preset="imagenet"),
-                         **{k: params[k] for k in _POLICY_KEYS if k in params})
+    check_policy_params(name, params)
+    policy = make_policy(name, _schedule(values, default_preset="imagenet"), **params)
     p = policy.plan(a.num_samples)
     if a.json:
         print(json.dumps(p.to_dict(), indent=1))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from dap_hvd import ConfigError
-from dap_hvd.policy.policies import POLICIES, make_policy, needs_scores_ever
+from dap_hvd.policy.policies import POLICIES, make_policy
 from dap_hvd.policy.schedule import PRESET_LR_STEPS, PRESETS, Schedule
 
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
@@ -174,7 +174,6 @@ _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "policy": PolicyConfig}
 # The schedule section is resolved against a preset (and so are the LR decay epochs); its types:
 _SCHEDULE_TYPES = {"preset": str, "epochs": int, "warmup": int, "interval": int, "keep": float,
                    "active": Optional[int], "reuse": tuple[int, ...]}
-_LISTS = ("reuse", "lr_steps")  # also given as "30,60,90", or none
 _FLAGS = {"root": "--data"}  # where the CLI flag is not the key's name
 _NONE_WORDS = ("none", "inf", "unlimited", "")
 
@@ -270,7 +269,8 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
                               f"pass --lr-steps to override it (e.g. --lr-steps {max(1, schedule.epochs * 2 // 3)})")
         optim = dataclasses.replace(optim, lr_steps=tuple(steps))
     cfg = _section(TrainConfig, None, tree[None], schedule=schedule, data=data, optim=optim, policy=policy)
-    _check_policy_params(cfg, given=set(tree["policy"]))
+    check_policy_params(cfg.strategy, tree["policy"])
+    cfg.make_policy()  # each policy checks the ranges of its own parameters
     _validate(cfg)
     return cfg
 
@@ -289,14 +289,17 @@ def _schedule_value(key: str, value: Any) -> Any:
     return _by_field("schedule", Schedule, lambda: TypeAdapter(_SCHEDULE_TYPES[key]).validate_python(value), key=key)
 
 
-def _check_policy_params(cfg: TrainConfig, given: set) -> None:
-    """A policy parameter given for another policy would be silently ignored: refuse it."""
+def check_policy_params(strategy: str, given) -> None:
+    """A policy parameter given for another policy would be silently ignored: refuse it (train
+    and plan alike)."""
     for key in sorted(given):
         users = [name for name, keys in POLICY_PARAMS.items() if key in keys]
-        if cfg.strategy not in users:
+        if not users:
+            known = ", ".join(sorted(k for keys in POLICY_PARAMS.values() for k in keys))
+            raise ConfigError(f"unknown config key 'policy.{key}'; known keys: {known}")
+        if strategy not in users:
             raise ConfigError(f"{_where('policy', key)}: applies to --strategy {' or '.join(users)}, "
-                              f"not --strategy {cfg.strategy}")
-    cfg.make_policy()  # each policy checks the ranges of its own parameters
+                              f"not --strategy {strategy}")
 
 
 def _section_of(name: str) -> Optional[str]:
@@ -369,7 +372,7 @@ def _validate(cfg: TrainConfig) -> None:
     _check(cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1, None, "max_steps_per_epoch", "must be >= 1")
     # A capped epoch trains only part of the subset, so a loss-driven selection would rank
     # samples it never saw. Refused rather than silently selecting among a part.
-    _check(cfg.max_steps_per_epoch is None or not needs_scores_ever(cfg.strategy), None,
+    _check(cfg.max_steps_per_epoch is None or not cfg.make_policy().uses_scores, None,
            "max_steps_per_epoch", f"cannot be combined with --strategy {cfg.strategy}, which ranks samples "
            f"by their losses; a capped epoch sees only part of the subset (use --strategy random, rs2 or full "
            f"to debug with capped epochs)")

@@ -70,4 +70,4 @@ def test_plan_gives_rs2_exactly_and_infobatch_within_bounds(capsys):
 
 def test_plan_refuses_a_parameter_of_another_policy(capsys):
     assert main(["plan", "--fraction", "0.3"]) == 2
-    assert "--fraction: applies to --strategy rs2, not --strategy dap" in capsys.readouterr().err
+    assert "policy.fraction (--fraction): applies to --strategy rs2, not --strategy dap" in capsys.readouterr().err

@@ -126,7 +126,7 @@ class Step:
 
 class Policy(Protocol):
     name: str
-    weighted: bool  # whether selections carry loss weights (broadcast and checkpointed with them)
+    uses_scores: bool  # whether it ranks samples by loss (a capped epoch would rank unseen ones)
 
     def first(self, universe: np.ndarray, seed: int) -> Selection: ...
     def initial_state(self) -> Optional[DapState]: ...
@@ -146,7 +146,10 @@ class DropSchedule:
 
     schedule: Schedule
     name: str = "dap"
-    weighted: bool = False
+
+    @property
+    def uses_scores(self) -> bool:
+        return self.name == "dap"
 
     def first(self, universe, seed):
         return _all(universe)
@@ -155,7 +158,7 @@ class DropSchedule:
         return initial_state(self.schedule)
 
     def needs_scores(self, epoch, state):
-        return self.name == "dap" and decide(self.schedule, state, epoch).action == DROP
+        return self.uses_scores and decide(self.schedule, state, epoch).action == DROP
 
     def select(self, ctx):
         decision = decide(self.schedule, ctx.state, ctx.epoch)
@@ -200,7 +203,7 @@ class InfoBatch:
     prune_ratio: float = 0.5
     anneal: float = 0.875
     name: str = "infobatch"
-    weighted: bool = True
+    uses_scores: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "prune_ratio", _check_ratio(self.prune_ratio, "prune_ratio", "--prune-ratio"))
@@ -268,7 +271,7 @@ class RS2:
     epochs: int
     fraction: float = 0.5
     name: str = "rs2"
-    weighted: bool = False
+    uses_scores: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "fraction", _check_ratio(self.fraction, "fraction", "--fraction", high_open=False))
@@ -353,8 +356,3 @@ def make_policy(name: str, schedule: Schedule, *, prune_ratio: float = 0.5, anne
     if name == "rs2":
         return RS2(schedule.epochs, fraction=fraction)
     raise ConfigError(f"strategy (--strategy): unknown policy {name!r}; choose from {', '.join(POLICIES)}")
-
-
-def needs_scores_ever(name: str) -> bool:
-    """Whether the policy ranks samples by their losses (a capped epoch would rank unseen ones)."""
-    return name in ("dap", "infobatch")
