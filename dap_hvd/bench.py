@@ -19,13 +19,14 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-BIN = Path(sys.executable).parent
+BIN = Path(sysconfig.get_path("scripts"))  # where pip put dap-hvd and horovodrun
 SECTIONS = ("machine", "gpu", "startup", "overhead", "saving", "selection", "loaders", "accuracy", "redundancy", "real")
 
 
@@ -128,129 +129,13 @@ def bench_startup(data: Path, work: Path, repeats: int) -> dict:
                 config_seconds=statistics.median(config_runs), imports=imports, launch=med, launches=launches)
 
 
-# ---------------------------------------------------------------- GPU (one process, one GPU)
-
-def _jpegs(folder: Path, n: int, size=(500, 375)) -> list[str]:
-    """ImageNet-like JPEGs (about 500x375, quality 90), smooth random colour fields."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        small = rng.integers(0, 256, size=(size[1] // 25, size[0] // 25, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize(size, Image.BICUBIC)
-        path = folder / f"img{i:05d}.jpg"
-        img.save(path, quality=90)
-        paths.append(str(path))
-    return paths
-
-
-def bench_gpu(work: Path, repeats: int, batch: int = 256, steps: int = 30) -> dict | None:
-    """DALI `mixed` decode alone, ResNet-50 training at batch 256 (bf16, channels_last) on
-    synthetic tensors and fed by DALI, the subset-change cost (persistent pipeline against a
-    rebuild), and device memory over 50 changes. None (and one line saying so) without a GPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        print("gpu: skipped: no CUDA device on this host (torch.cuda.is_available() is False); "
-              "BENCHMARKS.md keeps any earlier GPU section", flush=True)
-        return None
-    from dap_hvd.engine import Precision
-    from dap_hvd.data.loaders import Loaders, make_loader
-    from dap_hvd.data.spec import LoaderSpec
-    from dap_hvd.models import build_model
-
-    dev = torch.device("cuda", 0)
-    torch.cuda.set_device(dev)
-    torch.backends.cudnn.benchmark = True
-    files = _jpegs(work / "gpu-jpegs", 4 * batch)
-    tags = np.arange(len(files), dtype=np.int64)
-    threads = max(2, min(8, os.cpu_count() or 2))
-
-    def spec(n=len(files)):
-        return LoaderSpec(files=files[:n], tags=tags[:n], batch_size=batch, image_size=224, train=True, seed=0,
-                          workers=threads, device="gpu", device_id=0, channels_last=True, pin_memory=True)
-
-    def loader_rate() -> float:
-        loader = make_loader("dali", spec())
-        n, t = 0, time.perf_counter()
-        for b in loader:
-            n += b.images.shape[0]
-        torch.cuda.synchronize()
-        rate = n / (time.perf_counter() - t)
-        loader.close()
-        return rate
-
-    model = build_model("resnet50", 1000).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    precision = Precision(dev, torch.bfloat16, True)
-    labels = torch.randint(0, 1000, (batch,), device=dev)
-
-    def step(images):
-        opt.zero_grad(set_to_none=True)
-        with precision.autocast():
-            loss = torch.nn.functional.cross_entropy(model(precision.to_device(images)).float(), labels[:len(images)])
-        loss.backward()
-        opt.step()
-
-    def synthetic_rate() -> float:
-        x = torch.randn(batch, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
-        for _ in range(5):
-            step(x)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(steps):
-            step(x)
-        torch.cuda.synchronize()
-        return steps * batch / (time.perf_counter() - t)
-
-    def fed_rate() -> float:
-        n, t = 0, None
-        for _ in range(3):  # a few passes over the JPEGs; the first batches warm up
-            loader = make_loader("dali", spec())
-            for b in loader:
-                step(b.images)
-                if t is None:
-                    torch.cuda.synchronize()
-                    t = time.perf_counter()
-                else:
-                    n += b.images.shape[0]
-            loader.close()
-        torch.cuda.synchronize()
-        return n / (time.perf_counter() - t)
-
-    persistent = Loaders("dali")
-
-    def switch_seconds(rebuild: bool) -> float:  # a new file list, to its first batch on the GPU
-        t = time.perf_counter()
-        loader = make_loader("dali", spec(2 * batch)) if rebuild else persistent.open(spec(2 * batch))
-        next(iter(loader))
-        torch.cuda.synchronize()
-        loader.close()
-        return time.perf_counter() - t
-
-    decode = [loader_rate() for _ in range(repeats)]
-    synth = [synthetic_rate() for _ in range(repeats)]
-    fed = [fed_rate() for _ in range(repeats)]
-    rebuilds = [switch_seconds(True) for _ in range(10)]
-    switches, memory = [], []
-    for _ in range(50):  # the run's way: one persistent pipeline, a new list each time
-        switches.append(switch_seconds(False))
-        memory.append(torch.cuda.mem_get_info(dev)[1] - torch.cuda.mem_get_info(dev)[0])
-    persistent.close()
-    driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                            capture_output=True, text=True).stdout.strip().splitlines()
-    return dict(gpu=torch.cuda.get_device_name(dev), driver=driver[0] if driver else "?", torch=torch.__version__,
-                dali=_version("nvidia-dali-cuda130"), horovod=_version("horovod"), batch=batch, threads=threads, images=len(files),
-                decode_rate=statistics.median(decode), decode_runs=decode, synthetic_rate=statistics.median(synth),
-                synthetic_runs=synth, fed_rate=statistics.median(fed), fed_runs=fed,
-                switch_seconds=statistics.median(switches[5:]), switch_first=switches[0],
-                rebuild_seconds=statistics.median(rebuilds[2:]),
-                memory_mb=[m / 2**20 for m in memory])
-
-
 # ---------------------------------------------------------------- (a) overhead, (b) saving
+
+def _bench_gpu(work: Path, a: argparse.Namespace, raw: dict, save) -> dict | None:
+    from dap_hvd.bench_gpu import bench_gpu
+
+    return bench_gpu(work, a, raw, save)
+
 
 def bench_overhead(data: Path, work: Path, repeats: int) -> dict:
     """Same samples both ways: `dap` with p=1 drops every epoch (ledger, merge, select, broadcast
@@ -442,24 +327,10 @@ def render(raw: dict) -> dict:
         sec["machine"] = (f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}. Python {m['python']}, "
                           f"torch {m['torch']}, DALI {m['dali']}, Horovod {m['horovod']}. Each section names the run that "
                           f"measured it.")
-    g = raw.get("gpu")
-    if g:
-        mem = g["memory_mb"]
-        sec["gpu"] = (
-            f"{g['gpu']}, driver {g['driver']}, torch {g['torch']}, DALI {g['dali']}, Horovod {g['horovod']}. One "
-            f"process, ResNet-50, batch {g['batch']}, bf16 autocast, channels_last, {g['images']} JPEGs of 500x375, "
-            f"DALI `mixed` decoding with {g['threads']} threads, medians.\n\n"
-            "| measurement | images/s |\n|---|---|\n"
-            f"| DALI `mixed` decode + RandomResizedCrop alone | {g['decode_rate']:.0f} |\n"
-            f"| training step on synthetic tensors (the ceiling) | {g['synthetic_rate']:.0f} |\n"
-            f"| training step fed by DALI | {g['fed_rate']:.0f} |\n\n"
-            f"DALI-fed / synthetic: **{g['fed_rate'] / g['synthetic_rate']:.3f}**. Anchors: NVIDIA's published "
-            f"PyTorch ResNet-50 AMP figure on one A100-80GB is 2,470 img/s (training step here: "
-            f"{g['synthetic_rate'] / 2470:.2f}x). A subset change, from a new file list to its first batch: "
-            f"{g['switch_seconds']:.3f} s through the persistent pipeline (the first, which builds it, "
-            f"{g['switch_first']:.2f} s), against {g['rebuild_seconds']:.3f} s for a pipeline built for the list. "
-            f"Device memory in use over 50 changes: {mem[0]:.0f} MB at the first, {mem[9]:.0f} MB at the tenth, "
-            f"{mem[-1]:.0f} MB at the last.")
+    if raw.get("gpu"):
+        from dap_hvd import bench_gpu
+
+        sec["gpu"] = bench_gpu.render(raw["gpu"])
     st = raw.get("startup")
     if st:
         la = st["launch"]
@@ -619,15 +490,33 @@ def main(argv=None) -> int:
                          "redundancy; not in the default list: gpu (one GPU), real (Fashion-MNIST, every policy, "
                          "about 80 min on 2 cores)")
     ap.add_argument("--full", action="store_true", help="real: the whole 60k/10k Fashion-MNIST (a GPU or a big machine)")
+    ap.add_argument("--gpu-parts", default="micro,matrix,resume,saving",
+                    help="gpu: which parts to run (micro, matrix, resume, saving); each is saved as it ends")
+    ap.add_argument("--gpu-data", help="gpu: folder for the generated JPEG sets, kept between calls (default: temporary)")
+    ap.add_argument("--logs", help="gpu: folder for each training job's full output")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--num-samples", type=int, default=1_281_167)
     ap.add_argument("--out", default="BENCHMARKS.md")
     ap.add_argument("--results", default="bench/results.json")
+    ap.add_argument("--merge", metavar="RESULTS_JSON", help="take the sections named by --only from another "
+                    "host's results.json (e.g. the GPU section) into --results and rewrite --out; measures nothing")
     a = ap.parse_args(argv)
     only = set(a.only.split(","))
     results = Path(a.results)
     raw = json.loads(results.read_text()) if results.exists() else {}
+    if a.merge:
+        other = json.loads(Path(a.merge).read_text())
+        missing = sorted(only - set(other))
+        if missing:
+            raise SystemExit(f"dap-hvd bench: --merge {a.merge}: it holds no section {missing}")
+        for name in only:
+            raw[name] = other[name]
+            raw.setdefault("stamps", {})[name] = other.get("stamps", {}).get(name, {})
+        results.write_text(json.dumps(raw, indent=1, default=str))
+        write_markdown(Path(a.out), render(raw))
+        print(f"merged {sorted(only)} from {a.merge} into {results} and {a.out}")
+        return 0
     stamps = raw.setdefault("stamps", {})
     for name in SECTIONS:  # sections measured by an earlier run keep that run's stamp
         if name in raw and name not in stamps and "machine" in raw:
@@ -650,7 +539,7 @@ def main(argv=None) -> int:
 
     try:
         jobs = {
-            "gpu": lambda: bench_gpu(work, a.repeats),
+            "gpu": lambda: _bench_gpu(work, a, raw, save),
             "startup": lambda: bench_startup(data, work, a.repeats),
             "overhead": lambda: bench_overhead(data, work, a.repeats),
             "selection": lambda: bench_selection(a.num_samples),

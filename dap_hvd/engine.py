@@ -36,6 +36,23 @@ class Precision:
         images = images.to(self.device, non_blocking=True)
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
+    @staticmethod
+    @contextlib.contextmanager
+    def kernels(tuned: bool):
+        """cuDNN's autotuner (cudnn.benchmark) times every convolution algorithm the first time it
+        meets an input shape: 5-9 s for ResNet-50 on an H100, for each new shape. Full batches
+        share one shape, but a DaP epoch ends in a partial batch of a new size nearly every epoch,
+        and that cost 2-6 s of a 9 s epoch there. Partial batches take cuDNN's heuristic pick
+        instead (0.3 s the first time, measured on the same GPU)."""
+        cudnn = torch.backends.cudnn
+        before = cudnn.benchmark
+        if not tuned:
+            cudnn.benchmark = False
+        try:
+            yield
+        finally:
+            cudnn.benchmark = before
+
 
 @dataclass(frozen=True)
 class EpochStats:
@@ -70,7 +87,7 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
     dev = precision.device
     loss_sum = torch.zeros((), device=dev)
     loss_count = torch.zeros((), device=dev, dtype=torch.int64)
-    samples = steps = 0
+    samples = steps = full = 0
     start = global_step
     lr = lr_schedule(start)
     t_start = t_prev = time.perf_counter()
@@ -86,22 +103,24 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
         indices, valid = decode_labels(batch.tags.to(dev, non_blocking=True))
         targets = class_of[indices]
 
-        optimizer.zero_grad()
-        with precision.autocast():
-            logits = model(images)
-        logits = logits.float()  # losses in fp32, also under bf16/fp16 autocast
-        per_sample = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
-        loss = per_sample.mean() if weight_of is None else (per_sample * weight_of[indices]).mean()
-        if scaler is not None:  # fp16: unscale after Horovod's allreduce, step without a 2nd sync
-            scaler.scale(loss).backward()
-            optimizer.synchronize()
-            scaler.unscale_(optimizer)
-            with optimizer.skip_synchronize():
-                scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        full = full or len(batch.tags)  # the loader's batch size: every batch but the last
+        with precision.kernels(tuned=len(batch.tags) == full):
+            optimizer.zero_grad()
+            with precision.autocast():
+                logits = model(images)
+            logits = logits.float()  # losses in fp32, also under bf16/fp16 autocast
+            per_sample = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+            loss = per_sample.mean() if weight_of is None else (per_sample * weight_of[indices]).mean()
+            if scaler is not None:  # fp16: unscale after Horovod's allreduce, step without a 2nd sync
+                scaler.scale(loss).backward()
+                optimizer.synchronize()
+                scaler.unscale_(optimizer)
+                with optimizer.skip_synchronize():
+                    scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
 
         if ledger is not None:
             score = per_sample if label_smoothing == 0 else F.cross_entropy(logits.detach(), targets, reduction="none")
@@ -133,11 +152,13 @@ def evaluate(*, model: nn.Module, loader: Loader, class_of: torch.Tensor, precis
     model.eval()
     dev = precision.device
     counts = torch.zeros(3, dtype=torch.float64, device=dev)
+    full = 0
     for batch in loader:
         images = precision.to_device(batch.images)
         indices, valid = decode_labels(batch.tags.to(dev))
         targets = class_of[indices]
-        with precision.autocast():
+        full = full or len(batch.tags)
+        with precision.kernels(tuned=len(batch.tags) == full), precision.autocast():
             logits = model(images)
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices

@@ -398,7 +398,7 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
                   lr=stats.last_lr, top1=None if acc is None else acc.top1,
                   top5=None if acc is None else acc.top5, seconds=seconds,
                   train_seconds=stats.seconds, data_wait_seconds=stats.data_seconds, world_size=world.size,
-                  after=after, selection_seconds=sel_seconds)
+                  after=after, selection_seconds=sel_seconds, **_device_memory(r.precision.device))
     state.history.append(record)
     _publish(r, state, record, stats, wants_scores or after == DROP, sel_seconds, sel_bytes)
     # RNG streams of every rank go into rank 0's checkpoint (a collective: every rank takes part).
@@ -530,6 +530,16 @@ def _pin_device(world: dist.World) -> torch.device:
     # Share the node's cores between the ranks on it instead of oversubscribing them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
     return torch.device("cpu")
+
+
+def _device_memory(device: torch.device) -> dict:
+    """What PyTorch holds on the GPU at the epoch's end, and the epoch's peak: a subset change
+    must not make either grow. Once per epoch, so the sync it costs does not matter."""
+    if device.type != "cuda":
+        return dict(device_memory_mb=None, device_peak_mb=None)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return dict(device_memory_mb=torch.cuda.memory_reserved(device) / 2**20, device_peak_mb=peak)
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> Precision:

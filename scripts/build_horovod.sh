@@ -22,7 +22,9 @@
 #        -> prints the wheel path on the last line. --configure-only (nccl) stops after the NCCL
 #        discovery and a CMake configure with Horovod's own FindNCCL, printing what it found.
 # Env:   DAP_HVD_CACHE (default ~/.cache/dap-hvd), MAX_JOBS (default: nproc),
-#        HOROVOD_NCCL_HOME (another NCCL), HOROVOD_BUILD_CUDA_CC_LIST (default 80,90: A100, H100/H200).
+#        HOROVOD_NCCL_HOME (another NCCL), HOROVOD_BUILD_CUDA_CC_LIST (default 80,90: A100, H100/H200),
+#        HOROVOD_SDIST (a local horovod-0.28.1.tar.gz, for a machine without network),
+#        HOROVOD_WITHOUT_MPI=1 (no MPI on the machine: Gloo only, with NCCL on GPUs).
 set -euo pipefail
 
 PYTHON=${1:?usage: build_horovod.sh PYTHON [cpu|nccl] [--configure-only]}
@@ -56,6 +58,7 @@ if [ "$FLAVOR" = nccl ]; then
   export HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-80,90}
   echo "build_horovod: NCCL $nccl_version from $nccl_home (CUDA $cuda_version)" >&2
 fi
+[ "${HOROVOD_WITHOUT_MPI:-0}" = 1 ] && key="$key-nompi"
 out="$CACHE/wheels/$key"
 
 if [ -z "$CONFIGURE_ONLY" ] && compgen -G "$out/horovod-*.whl" > /dev/null; then
@@ -74,9 +77,14 @@ PY
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "build_horovod: fetching horovod==$HOROVOD_VERSION sdist" >&2
-"$PYTHON" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$work" \
-  || die "could not download the horovod==$HOROVOD_VERSION sdist"
+if [ -n "${HOROVOD_SDIST:-}" ]; then
+  [ -f "$HOROVOD_SDIST" ] || die "HOROVOD_SDIST=$HOROVOD_SDIST: no such file"
+  cp "$HOROVOD_SDIST" "$work/horovod-$HOROVOD_VERSION.tar.gz"
+else
+  echo "build_horovod: fetching horovod==$HOROVOD_VERSION sdist" >&2
+  "$PYTHON" -m pip download -q --no-deps --no-binary :all: "horovod==$HOROVOD_VERSION" -d "$work" \
+    || die "could not download the horovod==$HOROVOD_VERSION sdist"
+fi
 tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
 src="$work/horovod-$HOROVOD_VERSION"
 
@@ -113,7 +121,12 @@ CMAKE
 fi
 
 export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
-export HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
+export HOROVOD_WITH_GLOO=1
+if [ "${HOROVOD_WITHOUT_MPI:-0}" = 1 ]; then
+  unset HOROVOD_WITH_MPI
+else
+  export HOROVOD_WITH_MPI=1
+fi
 if [ "$FLAVOR" = nccl ]; then
   export HOROVOD_GPU_OPERATIONS=NCCL
   unset HOROVOD_TORCH_NO_CUDA
@@ -122,6 +135,11 @@ else
   unset HOROVOD_GPU_OPERATIONS HOROVOD_GPU_ALLREDUCE HOROVOD_GPU_BROADCAST
 fi
 export MAKEFLAGS="-j${MAX_JOBS:-$(nproc)}"
+# CMake 4 refuses the gloo submodule's cmake_minimum_required(VERSION 2.8.12) unless told otherwise.
+export CMAKE_POLICY_VERSION_MINIMUM=${CMAKE_POLICY_VERSION_MINIMUM:-3.5}
+# GCC 13+ no longer pulls <string>, <cstdint>, <stdexcept>... in transitively; horovod/common/ relies on it
+# (group_table.h, common.h). Forcing them into every C++ unit is harmless for older compilers.
+export CXXFLAGS="${CXXFLAGS:-} -include cstdint -include string -include stdexcept -include memory -include functional -include algorithm"
 
 echo "build_horovod: building $key (C++$cxx_std); this takes minutes" >&2
 mkdir -p "$work/dist"
