@@ -2,16 +2,21 @@
 # Build (or reuse) a Horovod 0.28.1 wheel that works with the torch installed in $PYTHON's env.
 #
 # Horovod 0.28.1 is the last release and does not build against current torch as published.
-# We fetch its sdist with pip, apply three fixes, build a wheel and cache it, keyed by
+# We fetch its sdist with pip, apply four fixes, build a wheel and cache it, keyed by
 # everything that changes the binary, so a second set-up does not rebuild.
 #
-# The three fixes:
+# The fixes:
 #  (a) horovod/torch/CMakeLists.txt pins C++14; torch >= 2.14 headers need C++20 (2.1-2.13: 17).
 #  (b) cmake/Modules/FindPytorch.cmake treats any CUDA-enabled torch as a CUDA build once it
 #      finds a CUDA_HOME. A CPU-only build on a machine with nvcc but no CUDA runtime then fails
 #      looking for cudart. We let HOROVOD_TORCH_NO_CUDA=1 opt out; GPU builds keep CUDA.
 #  (c) With C++17+, gloo's out-of-line definition of Store::kDefaultTimeout collides at link
 #      time with the inline constexpr one. We drop the out-of-line definition.
+#  (d) GlooContext::InitializeForProcessSet builds its device from its own, never-set gloo_iface_
+#      instead of the global context's, so it ignores HOROVOD_GLOO_IFACE (--network-interface) and
+#      falls back to the address the machine's hostname resolves to. Where that is a loopback
+#      address (Debian's 127.0.1.1 entry, or hosts sharing a hostname) ranks on other hosts are
+#      told to connect to 127.0.0.1 and the job dies at start. We copy the global context's.
 #
 # The nccl flavor builds against the NCCL that torch's wheel brings (nvidia-nccl-cu13), so the
 # image has one NCCL: header and library from the same release. That wheel is a namespace
@@ -104,6 +109,11 @@ sed -i '/^constexpr std::chrono::milliseconds Store::kDefaultTimeout;$/d' \
   "$src/third_party/gloo/gloo/rendezvous/store.cc"
 ! grep -q "^constexpr std::chrono::milliseconds Store::kDefaultTimeout" \
   "$src/third_party/gloo/gloo/rendezvous/store.cc" || die "patch (c) did not apply"
+
+# (d)
+patch_file horovod/common/gloo/gloo_context.cc \
+  's/^  assert(global_context.IsEnabled());$/&\n  gloo_iface_ = global_context.gloo_iface_;  \/\/ dap-hvd fix (d)/' \
+  "gloo_iface_ = global_context.gloo_iface_;"
 
 if [ -n "$CONFIGURE_ONLY" ]; then  # what the image build depends on, checked without a GPU or a build
   [ "$FLAVOR" = nccl ] || die "--configure-only checks the nccl flavor"
