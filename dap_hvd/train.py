@@ -527,8 +527,11 @@ def _pin_device(world: dist.World) -> torch.device:
         dist.check_gpus_not_shared(str(torch.cuda.get_device_properties(index).uuid), world.local_size, count)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
         return torch.device("cuda", index)
-    # Share the node's cores between the ranks on it instead of oversubscribing them.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+    # Share the node's cores between the ranks on it instead of oversubscribing them, unless the
+    # user set OMP_NUM_THREADS (it also makes runs with different ranks per host comparable).
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(given) if given.isdigit() and int(given) > 0
+                          else max(1, (os.cpu_count() or 1) // world.local_size))
     return torch.device("cpu")
 
 

@@ -16,6 +16,17 @@ total_slots() {  # "h1:4,h2:4" or hostfile text -> 8
   "$BIN/python" -c 'import sys; from dap_hvd.discovery import parse_hosts; print(sum(n for _, n in parse_hosts(sys.argv[1])))' "$1"
 }
 
+host_of_rank() {  # "h1:2,h2:2" 3 -> h2: horovodrun gives ranks to the hosts in list order
+  "$BIN/python" -c 'import sys
+from dap_hvd.discovery import parse_hosts
+r = int(sys.argv[2])
+for h, n in parse_hosts(sys.argv[1]):
+    if r < n:
+        print(h)
+        break
+    r -= n' "$1" "$2"
+}
+
 write_sd() {  # Prometheus file_sd targets for these hosts, so Grafana sees every rank
   if [ "$METRICS_PORT" != "0" ] && [ "$METRICS_PORT" != "off" ]; then
     local cmd=("$DAP_HVD" sd-file --hosts "$1" --base-port "$METRICS_PORT" --out "$SD_FILE" --run-id "${RUN_ID:-}")
@@ -51,6 +62,14 @@ run_or_print() {  # DRY_RUN=1: print the command; else run it, and on failure en
   if [ "$rc" -ne 0 ] && grep -q 'dap-hvd [a-z-]*: \(error\|interrupted\)' "$errlog"; then
     echo "dap-hvd: the job failed (exit $rc):" >&2
     grep -o 'dap-hvd [a-z-]*: \(error\|interrupted\).*' "$errlog" | awk '!seen[$0]++' >&2
+  elif [ "$rc" -ne 0 ] && grep -q '^Process name: [0-9]*$' "$errlog"; then
+    # A rank vanished without a word (SIGKILL, OOM killer, a lost node): say which, and where.
+    local rank code where=""
+    rank=$(grep -m1 '^Process name: ' "$errlog" | cut -d' ' -f3)
+    code=$(grep -m1 '^Exit code: ' "$errlog" | cut -d' ' -f3)
+    [ -n "${host_text:-}" ] && where=" on $(host_of_rank "$host_text" "$rank")"
+    echo "dap-hvd: the job failed (exit $rc): rank $rank$where ended first, with exit code $code$(
+      [ "$code" = 255 ] && echo ' (its ssh session broke: the host, or the process on it, died)')" >&2
   fi
   rm -f "$errlog"
   return "$rc"

@@ -15,6 +15,9 @@ cmd=(mpirun -np "$np" --bind-to "${MPI_BIND:-socket}" --map-by "${MPI_MAP:-slot}
      -mca pml ob1 -mca btl ^openib)
 [ "$(id -u)" -eq 0 ] && cmd+=(--allow-run-as-root)
 if [ -n "$hostfile" ]; then cmd+=(--hostfile "$hostfile"); else cmd+=(-H "$hosts"); fi
+# Between nodes, keep MPI's own traffic (daemons and TCP transport) on the chosen interface too.
+[ -n "${NETWORK_INTERFACE:-}" ] && cmd+=(-mca btl_tcp_if_include "$NETWORK_INTERFACE"
+                                         -mca oob_tcp_if_include "$NETWORK_INTERFACE")
 # mpirun passes no environment to remote ranks unless told: forward ours, and every HOROVOD_*,
 # NCCL_*, DALI_*, GLOO_* and UCX_* setting.
 for var in PATH LD_LIBRARY_PATH PYTHONPATH DAP_HVD_CACHE OMP_NUM_THREADS CUDA_VISIBLE_DEVICES \

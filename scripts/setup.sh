@@ -23,6 +23,16 @@ if ! command -v mpicc > /dev/null || ! command -v mpirun > /dev/null; then
     libopenmpi-dev openmpi-bin > /dev/null
 fi
 
+step "system packages for the multi-host tests: openssh-server, iproute2"
+# tests/test_multihost.py runs "hosts" in network namespaces, each with its own sshd. Nothing is
+# started here: the tests start and stop their own sshds.
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh > /dev/null || ! command -v ip > /dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    openssh-server openssh-client iproute2 > /dev/null
+fi
+
 step "virtual environment at .venv"
 rm -f "$VENV/.dap-hvd-ready"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

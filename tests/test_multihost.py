@@ -1,0 +1,138 @@
+"""Multi-host runs on test hosts in network namespaces (tests/netns.py): horovodrun and mpirun
+across two "hosts" reached over ssh, each with its own address on a private bridge.
+
+- The launch scripts run DaP to the end across the hosts. With the same seed and world size, the
+  selection and score digests equal the single-host run's. The Prometheus targets list both
+  hosts' addresses.
+- A training process SIGKILLed on one host mid-epoch ends the job non-zero within 90 s, and
+  `--resume` completes it across the hosts, matching the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import netns
+from conftest import REPO, run
+
+pytestmark = pytest.mark.multirank
+EPOCHS = 4
+TRAIN = ["--epochs", str(EPOCHS), "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "none",
+         "--lr-steps", "none", "--batch-size", "16", "--no-progress", "--workers", "1", "--seed", "3"]
+# The ranks' environment on every host: one thread each (the single-host run has two ranks on
+# this host, the multi-host run one per host), no GPU.
+ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "NETWORK_INTERFACE": "eth0"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = netns.unavailable()
+    if why:
+        if os.environ.get("DAP_HVD_REQUIRE_NETNS") == "1":  # CI: these tests must run
+            pytest.fail(f"DAP_HVD_REQUIRE_NETNS=1 but {why}")
+        pytest.skip(why)
+    netns.sweep()
+    c = netns.Cluster(tmp_path_factory.mktemp("cluster"), hosts=2)
+    try:
+        yield c.up()
+    finally:
+        c.down()
+
+
+@pytest.fixture(scope="module")
+def single_host(tiny_data, tmp_path_factory) -> dict:
+    """The reference: the same job, 2 ranks on this host."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    run([str(REPO / "launch" / "horovodrun.sh"), "-H", "localhost:2", "--", "--data", str(tiny_data), "--out", str(out),
+         *TRAIN], env={**ENV, "METRICS_PORT": "0", "NETWORK_INTERFACE": ""}, timeout=300)
+    return json.loads((out / "summary.json").read_text())
+
+
+def _hosts(cluster) -> str:
+    return ",".join(f"{a}:1" for a in cluster.host_addrs)
+
+
+def _launcher_env(cluster, tmp_path: Path, script: str) -> dict:
+    env = {**ENV, "SD_FILE": str(tmp_path / "targets.json"), "METRICS_PORT": "9460"}
+    if script == "mpirun.sh":
+        # OpenMPI starts its daemons over the cluster's ssh (the launcher keeps it to eth0)
+        env.update(OMPI_MCA_plm_rsh_agent=str(cluster.bin / "ssh"), OMPI_ALLOW_RUN_AS_ROOT="1",
+                   OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return env
+
+
+def _digests(summary: dict) -> list:
+    return [(h["epoch"], h["subset"], h["selection_digest"], h["scores_digest"]) for h in summary["epochs"]]
+
+
+def _check(p: subprocess.CompletedProcess, what: str) -> None:
+    assert p.returncode == 0, f"{what}: exit {p.returncode}\n--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-5000:]}"
+
+
+@pytest.mark.parametrize("script", ["horovodrun.sh", "mpirun.sh"])
+def test_two_hosts_train_dap_to_the_end_like_one_host(script, cluster, tiny_data, single_host, tmp_path):
+    out = tmp_path / "run"
+    p = cluster.launch([REPO / "launch" / script, "-H", _hosts(cluster), "--", "--data", tiny_data, "--out", out,
+                        "--metrics-host", "0.0.0.0", *TRAIN], env=_launcher_env(cluster, tmp_path, script),
+                       timeout=300, cwd=REPO)
+    _check(p, script)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_completed"] == EPOCHS
+    # every epoch's selection, and the score table it came from, is the single-host run's
+    assert _digests(summary) == _digests(single_host)
+    assert [h["train_loss"] for h in summary["epochs"]] == [h["train_loss"] for h in single_host["epochs"]]
+    targets = json.loads((tmp_path / "targets.json").read_text())[0]["targets"]
+    assert targets == [f"{a}:9460" for a in cluster.host_addrs]
+
+
+def test_a_host_lost_mid_epoch_ends_the_job_and_resume_completes_it(cluster, tiny_data, single_host, tmp_path):
+    out, env = tmp_path / "run", _launcher_env(cluster, tmp_path, "horovodrun.sh")
+    cmd = [REPO / "launch" / "horovodrun.sh", "-H", _hosts(cluster), "--", "--data", tiny_data, "--out", out,
+           "--metrics-port", "0", *TRAIN]
+    log = open(tmp_path / "job.log", "w")
+    job = cluster.popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # wait for epoch 1's checkpoint, then for epoch 2 to be under way
+        deadline = time.time() + 180
+        while not list((out / "checkpoints").glob("epoch-0001.pt")) and job.poll() is None:
+            assert time.time() < deadline, "epoch 1 never finished"
+            time.sleep(0.2)
+        assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+        time.sleep(1.0)
+        killed = cluster.kill(cluster.hosts[1], "dap-hvd train", signal.SIGKILL)
+        assert killed, "no training process found on the second host"
+        t_kill = time.time()
+        try:
+            rc = job.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the job did not end within 90 s of losing a host:\n" + (tmp_path / "job.log").read_text()[-3000:])
+        elapsed = time.time() - t_kill
+    finally:
+        if job.poll() is None:
+            job.kill()
+        log.close()
+    text = (tmp_path / "job.log").read_text()
+    print(f"job ended {elapsed:.1f} s after the kill, rc {rc}; its last lines:\n" + "\n".join(text.splitlines()[-4:]))
+    assert rc != 0, text[-3000:]
+    assert elapsed < 90
+    # the launcher's last word names the rank that vanished and its host
+    assert text.strip().splitlines()[-1].startswith(
+        f"dap-hvd: the job failed (exit 1): rank 1 on {cluster.host_addrs[1]} ended first"), text[-2000:]
+    # the job stopped in epoch 2 at the latest; what it saved is intact
+    summary = json.loads((out / "summary.json").read_text())
+    assert 1 <= summary["epochs_completed"] < EPOCHS
+
+    p = cluster.launch([REPO / "launch" / "horovodrun.sh", "-H", _hosts(cluster), "--", "--resume", out,
+                        "--metrics-port", "0", "--no-progress"], env=env, timeout=300, cwd=REPO)
+    _check(p, "resume")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_completed"] == EPOCHS
+    assert _digests(summary) == _digests(single_host)
+    assert summary["top1"] == single_host["top1"]
