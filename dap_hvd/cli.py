@@ -130,6 +130,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    "(random or full strategies only)")
     g.add_argument("--progress", action=B, default=None, help="rank 0's progress line (default on)")
     g.add_argument("--mpi", action="store_true", help="hand mpi4py's COMM_WORLD to hvd.init (under mpirun)")
+    g.add_argument("--elastic", action="store_true", default=None,
+                   help="under horovodrun --min-np/--max-np with a host discovery script (launch/elastic.sh): "
+                        "a lost host rolls the survivors back to the last epoch end, a new one joins at the next")
     g = p.add_argument_group("data")
     g.add_argument("--batch-size", type=int, help="per rank (default 64)")
     g.add_argument("--loader", help="dali (default) | torch (torchvision, for comparison)")

@@ -116,6 +116,7 @@ class TrainConfig:
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None  # debugging: cap steps (every rank alike)
     stop_after: Optional[int] = None  # end cleanly after this epoch (checkpointed); --resume continues
+    elastic: bool = False  # Horovod Elastic: survive a lost host (rollback to the last epoch), take one back
 
     # Values that depend on the data, resolved here rather than scattered through the trainer.
     @property

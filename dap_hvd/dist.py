@@ -7,6 +7,7 @@ as single-process code. Indices always travel as int64: float tensors lose preci
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import socket
 import time
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 import horovod.torch as hvd
+from horovod.common.elastic import State as ElasticState
 from horovod.common.exceptions import HorovodInternalError as CollectiveError  # noqa: F401 (re-exported)
 
 from dap_hvd import DapError, DataError
@@ -255,3 +257,64 @@ def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
             out.add_module(name, convert(child))
         return out
     return convert(model)
+
+
+# ---------------------------------------------------------------------------- Horovod Elastic
+
+def current_world() -> World:
+    """The world as Horovod sees it now (after an elastic reset it is another one)."""
+    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size())
+
+
+class ElasticCommit(ElasticState):
+    """The elastic state: the run's last epoch-end checkpoint (model, optimizer, scaler, selection
+    and weights, score table, DaP state, epoch, history, RNG), serialized in host memory on every
+    rank, so any survivor can carry it. `stage` it at the epoch's end, `commit()` it (Horovod then
+    checks for host changes); a failure rolls back to it (`restore` drops what was staged), and
+    `sync` hands the newest commit any rank holds to every rank, joiners included."""
+
+    def __init__(self):
+        super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank)
+        self.committed: Optional[bytes] = None
+        self.epoch = 0  # the committed epoch
+        self._staged: Optional[tuple] = None
+        self.resets = 0
+
+    def stage(self, payload: dict, epoch: int) -> None:
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        self._staged = (buf.getvalue(), epoch)
+
+    def save(self) -> None:
+        if self._staged is not None:
+            (self.committed, self.epoch), self._staged = self._staged, None
+
+    def restore(self) -> None:
+        self._staged = None
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def sync(self) -> None:
+        epochs = allgather(torch.tensor([self.epoch if self.committed else -1], dtype=torch.int64),
+                           name="elastic.epochs")
+        src = int(torch.argmax(epochs))  # the first rank holding the newest commit
+        if int(epochs[src]) < 0:
+            return
+        n = broadcast_json(len(self.committed) if hvd.rank() == src else None, name="elastic.size", root=src)
+        buf = (torch.frombuffer(bytearray(self.committed), dtype=torch.uint8) if hvd.rank() == src
+               else torch.empty(n, dtype=torch.uint8))
+        self.committed = hvd.broadcast(buf, src, name="elastic.commit").numpy().tobytes()
+        self.epoch = int(epochs[src])
+
+    def payload(self) -> Optional[dict]:
+        """The committed checkpoint, loaded as safely as one from disk (weights_only)."""
+        if self.committed is None:
+            return None
+        return torch.load(io.BytesIO(self.committed), map_location="cpu", weights_only=True)
+
+
+def run_elastic(fn):
+    """fn(state) under hvd.elastic.run: on a lost rank, Horovod restores the state, re-initializes
+    with the new membership and calls fn again; on a host added, after the next commit."""
+    return hvd.elastic.run(fn)(ElasticCommit())

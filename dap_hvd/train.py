@@ -58,6 +58,7 @@ class RunState:
     wall_seconds: float = 0.0
     run_id: str = ""
     replicas: dict = field(default_factory=dict)  # per-rank state digests, checked equal
+    memberships: list = field(default_factory=list)  # --elastic: each (re)start's world and rollback
 
 
 @dataclass
@@ -128,7 +129,15 @@ def main(cfg: TrainConfig, comm=None) -> int:
     # SLURM and horovodrun stop jobs with SIGTERM: end like Ctrl-C, with a resume hint.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        summary = run(cfg, world, run_dir, runlog)
+        if cfg.elastic:
+            if os.environ.get("HOROVOD_ELASTIC") != "1":
+                # Plain horovodrun/mpirun cannot re-form the job after a loss: a reset would wait forever.
+                raise ConfigError("--elastic: needs horovodrun's elastic mode (--min-np/--max-np with "
+                                  "--host-discovery-script); launch/elastic.sh starts it")
+            summary = dist.run_elastic(lambda elastic: run(cfg, dist.current_world(), run_dir, runlog, elastic))
+            world = dist.current_world()
+        else:
+            summary = run(cfg, world, run_dir, runlog)
         if world.is_root:
             low, high = summary["compute_ratio_planned_min"], summary["compute_ratio_planned_max"]
             log.info("done: top1 %.4f top5 %.4f, compute %.3f of full data (planned %s), %.1fs -> %s",
@@ -164,13 +173,18 @@ def main(cfg: TrainConfig, comm=None) -> int:
         dist.shutdown()
 
 
-def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[RunLog] = None) -> dict:
+def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[RunLog] = None,
+        elastic: Optional[dist.ElasticCommit] = None) -> dict:
+    """The run, from its start or its last checkpoint. Under --elastic this is called again after
+    every membership change, with the world as it is then and the last commit in `elastic`."""
     runlog = runlog or RunLog()
+    committed = elastic.payload() if elastic is not None else None
+    restart = elastic is not None and (committed is not None or elastic.resets > 0)
     _check_out_dir(cfg, world, run_dir)
-    if cfg.resume:  # a resumed run's folder is its own from the start
+    if cfg.resume or restart:  # a resumed run's folder is its own from the start
         runlog.path = run_dir / "train.log"
     r = _setup(cfg, world, run_dir)
-    if world.is_root:  # start-up worked: now this run takes the folder
+    if world.is_root and not restart:  # start-up worked: now this run takes the folder
         moved = None if cfg.resume else _archive_previous_run(run_dir)
         _log_to_file(world, run_dir)
         if moved:
@@ -179,7 +193,9 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
         if stale:
             log.warning("removed %d temporary file(s) a killed checkpoint save left in %s", len(stale),
                         run_dir / "checkpoints")
-    state = _resume(r)
+    state = _resume(r, committed)
+    if elastic is not None:
+        _note_membership(r, state, elastic)
     runlog.path = run_dir / "train.log"
     # Rank 0's replica for everyone, then proof of it: every rank's full state must hash alike.
     dist.broadcast_training_state(r.model, r.optimizer, r.scaler)
@@ -200,7 +216,10 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
     try:
         last = min(cfg.schedule.epochs, cfg.stop_after or cfg.schedule.epochs)
         for epoch in range(state.epoch + 1, last + 1):
-            _train_epoch(r, state, epoch)
+            payload = _train_epoch(r, state, epoch)
+            if elastic is not None:
+                elastic.stage(payload, epoch)
+                elastic.commit()  # a host added or removed meanwhile: Horovod interrupts here
         if cfg.metrics_port and cfg.metrics_linger:
             time.sleep(cfg.metrics_linger)  # let Prometheus take a last scrape of the final values
     except KeyboardInterrupt:
@@ -213,6 +232,16 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
     if world.is_root:
         _write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _note_membership(r: Run, state: RunState, elastic: dist.ElasticCommit) -> None:
+    """--elastic: who trains from which epoch on, after a rollback to which commit."""
+    record = dict(from_epoch=state.epoch + 1, world_size=r.world.size, rolled_back_to=state.epoch,
+                  restart=elastic.resets, global_batch=r.cfg.data.batch_size * r.world.size, base_lr=r.base_lr)
+    state.memberships.append(record)
+    if r.world.is_root and elastic.resets:
+        log.warning("elastic: %d rank(s) now; continuing from the commit of epoch %d, LR %.4g (linear rule in the "
+                    "global batch)", r.world.size, state.epoch, r.base_lr)
 
 
 def _check_out_dir(cfg: TrainConfig, world: dist.World, run_dir: Path) -> None:
@@ -324,7 +353,7 @@ def _lr_schedule(cfg: TrainConfig, base_lr: float, epoch_steps: list):
                              full_epoch_steps=epoch_steps[0], lr_steps=cfg.lr_steps, mode=cfg.optim.lr_schedule)
 
 
-def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
+def _train_epoch(r: Run, state: RunState, epoch: int) -> dict:
     cfg, world = r.cfg, r.world
     t0 = time.perf_counter()
     selection = state.selection
@@ -412,11 +441,14 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> None:
                  "" if acc is None else f", top1 {acc.top1:.4f} top5 {acc.top5:.4f}", seconds,
                  {DROP: f"drop to {nxt}", PICK: "pick all data", "end": "end of run", "prune": f"prune to {nxt}",
                   "draw": f"draw {nxt}", "full": "all data"}.get(after, "same subset"))
+    payload = _checkpoint_payload(r, state, rng)  # every rank holds it: --elastic commits it
+    if world.is_root:
         t_ck = time.perf_counter()
-        save_checkpoint(r.run_dir, epoch, _checkpoint_payload(r, state, rng), cfg.keep_checkpoints)
+        save_checkpoint(r.run_dir, epoch, payload, cfg.keep_checkpoints)
         r.metrics.checkpoint_seconds.observe(time.perf_counter() - t_ck)
         _write_json(r.run_dir / "summary.json", _summary(r, state))
     r.metrics.push()
+    return payload
 
 
 @dataclass(frozen=True)
@@ -646,16 +678,18 @@ def _explain_bad_data(e: Exception, world, cat: Catalog, indices: np.ndarray) ->
     return err
 
 
-def _resume(r: Run) -> RunState:
-    """A fresh state, or the checkpoint's. Rank 0 reads and checks it; every rank receives the
+def _resume(r: Run, committed: Optional[dict] = None) -> RunState:
+    """A fresh state, or the checkpoint's: --elastic's last commit (`committed`, held by every
+    rank), else --resume's newest file. Rank 0 reads and checks it; every rank receives the
     verdict, so a refused resume fails all ranks together instead of leaving them in a broadcast."""
     cfg, world = r.cfg, r.world
+    resuming = bool(cfg.resume) or committed is not None
     state = RunState(selection=r.policy.first(r.universe, cfg.seed), scores=ScoreTable(len(r.train_cat)),
                      policy_state=r.policy.initial_state(), run_id=cfg.run_id or f"{r.run_dir.name}-{int(time.time())}")
     meta, ckpt, problem = None, None, None
-    if world.is_root and cfg.resume:
+    if world.is_root and resuming:
         try:
-            ckpt = load_latest(r.run_dir, warn=log.warning)
+            ckpt = committed if committed is not None else load_latest(r.run_dir, warn=log.warning)
             if ckpt is None:
                 raise DapError(f"--resume: no checkpoint in {r.run_dir / 'checkpoints'}")
             meta = json.loads(ckpt["state"])
@@ -669,7 +703,7 @@ def _resume(r: Run) -> RunState:
                 r.scaler.load_state_dict(ckpt["scaler"])
         except DapError as e:
             problem = str(e)
-    if cfg.resume:
+    if resuming:
         verdict = dist.broadcast_json({"error": problem}, name="resume.verdict")
         if verdict["error"]:
             raise DapError(verdict["error"])
@@ -683,6 +717,7 @@ def _resume(r: Run) -> RunState:
     state.policy_state = None if shared["policy_state"] is None else DapState(**shared["policy_state"])
     state.history, state.samples_trained = shared["history"], shared["samples_trained"]
     state.wall_seconds, state.run_id = shared["wall_seconds"], shared["run_id"]
+    state.memberships = shared.get("memberships", [])
     _restore_rng(world, ckpt, shared)
     old_gb, old_ws, new_gb = shared.get("global_batch"), shared.get("world_size"), cfg.data.batch_size * world.size
     if old_gb is not None and old_gb != new_gb:
@@ -779,7 +814,7 @@ def _checkpoint_payload(r: Run, state: RunState, rng: dict) -> dict:
     meta = dict(epoch=state.epoch, policy_state=None if ps is None else dict(t_start=ps.t_start, t_prev=ps.t_prev),
                 policy=_policy_params(cfg), weighted=state.selection.weights is not None,
                 history=state.history, samples_trained=state.samples_trained, wall_seconds=state.wall_seconds,
-                run_id=state.run_id, strategy=cfg.strategy, seed=cfg.seed, model=cfg.model_name,
+                memberships=state.memberships, run_id=state.run_id, strategy=cfg.strategy, seed=cfg.seed, model=cfg.model_name,
                 schedule=cfg.schedule.to_dict(), lr_steps=list(cfg.lr_steps), world_size=r.world.size,
                 global_batch=cfg.data.batch_size * r.world.size, base_lr=r.base_lr,
                 dataset_digest=r.dataset_digest, num_samples=int(len(r.universe)), excluded=int(len(r.excluded)),
@@ -820,6 +855,7 @@ def _summary(r: Run, state: RunState) -> dict:
         "samples_trained": state.samples_trained, "epochs_completed": state.epoch, "epochs": state.history,
         "top1": evals[-1]["top1"] if evals else None, "top5": evals[-1]["top5"] if evals else None,
         "wall_seconds": state.wall_seconds, "host": socket.gethostname(), "replicas": state.replicas,
+        "memberships": state.memberships,
     }
 
 

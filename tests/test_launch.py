@@ -48,3 +48,20 @@ def test_a_failed_job_ends_with_the_one_line_error(tiny_data, tmp_path):
     assert p.returncode != 0
     tail = p.stderr.strip().splitlines()[-1]
     assert "dap-hvd train: error" in tail and "--keep" in tail
+
+
+def test_elastic_needs_the_elastic_launcher_which_dry_runs(tiny_data, tmp_path):
+    """Under plain horovodrun a reset could never re-form the job: --elastic is refused there."""
+    p = run([str(REPO / "launch" / "horovodrun.sh"), "-H", "localhost:2", "--", "--data", str(tiny_data),
+             "--out", str(tmp_path / "r"), *TRAIN, "--elastic"], env={"METRICS_PORT": "0"}, timeout=120, check=False)
+    assert p.returncode != 0
+    assert "--elastic: needs horovodrun's elastic mode" in p.stderr.strip().splitlines()[-1]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# the nodes\nnode1:4\nnode2:4\n")
+    env = {"DRY_RUN": "1", "HOSTS_FILE": str(hosts), "SD_FILE": str(tmp_path / "sd.json"), "ELASTIC_TIMEOUT": "30"}
+    p = run([str(REPO / "launch" / "elastic.sh"), "--discovery", str(REPO / "launch" / "discover_hosts.sh"),
+             "--min-np", "4", "--", "--epochs", "3"], env=env, timeout=60)
+    argv = shlex.split(p.stdout)
+    assert argv[argv.index("-np") + 1] == "8" and argv[argv.index("--min-np") + 1] == "4"
+    assert argv[argv.index("--max-np") + 1] == "8" and argv[argv.index("--elastic-timeout") + 1] == "30"
+    assert "--host-discovery-script" in argv and argv[-2:] == ["--epochs", "3"] and "--elastic" in argv

@@ -23,7 +23,7 @@ import netns
 from conftest import REPO, run
 
 pytestmark = pytest.mark.multirank
-EPOCHS = 4
+EPOCHS = 8
 TRAIN = ["--epochs", str(EPOCHS), "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "none",
          "--lr-steps", "none", "--batch-size", "16", "--no-progress", "--workers", "1", "--seed", "3"]
 # The ranks' environment on every host: one thread each (the single-host run has two ranks on
@@ -136,3 +136,100 @@ def test_a_host_lost_mid_epoch_ends_the_job_and_resume_completes_it(cluster, tin
     assert summary["epochs_completed"] == EPOCHS
     assert _digests(summary) == _digests(single_host)
     assert summary["top1"] == single_host["top1"]
+
+
+def _wait_for(pred, timeout: float, job, what: str, log: Path) -> None:
+    deadline = time.time() + timeout
+    while not pred():
+        if job.poll() is not None:
+            pytest.fail(f"the job ended (rc {job.returncode}) while waiting for {what}:\n{log.read_text()[-4000:]}")
+        if time.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+
+
+def _epochs_done(out: Path) -> int:
+    try:
+        return json.loads((out / "summary.json").read_text())["epochs_completed"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+
+def _start_elastic(cluster, tiny_data, tmp_path: Path, min_np: int, extra_env: dict):
+    """launch/elastic.sh over both hosts, listed in a hosts file the test edits; its output to job.log."""
+    hosts_file, out, log_path = tmp_path / "hosts", tmp_path / "run", tmp_path / "job.log"
+    hosts_file.write_text("".join(f"{a}:1\n" for a in cluster.host_addrs))
+    env = {**_launcher_env(cluster, tmp_path, "horovodrun.sh"), "HOSTS_FILE": str(hosts_file), **extra_env}
+    cmd = [REPO / "launch" / "elastic.sh", "--discovery", REPO / "launch" / "discover_hosts.sh", "--min-np", str(min_np),
+           "--max-np", "2", "--", "--data", tiny_data, "--out", out, "--metrics-port", "0", *TRAIN]
+    log = open(log_path, "w")
+    job = cluster.popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child holds its own descriptor
+    return job, hosts_file, out, log_path
+
+def test_elastic_survives_a_lost_host_and_takes_it_back(cluster, tiny_data, single_host, tmp_path):
+    """--elastic: a host SIGKILLed mid-epoch; the survivor rolls back to the last epoch end and
+    finishes alone; the host, listed again, rejoins at an epoch end and trains the last epochs."""
+    job, hosts_file, out, log_path = _start_elastic(cluster, tiny_data, tmp_path, 1,
+                                                    {"COOLDOWN": "1 2", "ELASTIC_TIMEOUT": "60"})
+    try:
+        _wait_for(lambda: _epochs_done(out) >= 1, 180, job, "epoch 1", log_path)
+        time.sleep(1.0)  # into epoch 2
+        hosts_file.write_text(f"{cluster.host_addrs[0]}:1\n")  # the host is gone...
+        assert cluster.kill(cluster.hosts[1], "dap-hvd train", signal.SIGKILL), "no trainer on the second host"
+        lost_at = _epochs_done(out)
+        _wait_for(lambda: _epochs_done(out) >= lost_at + 1, 180, job, "an epoch on the survivor", log_path)
+        hosts_file.write_text("".join(f"{a}:1\n" for a in cluster.host_addrs))  # ...and back
+        rc = job.wait(timeout=300)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    text = log_path.read_text()
+    assert rc == 0, text[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    hist = summary["epochs"]
+    assert summary["epochs_completed"] == EPOCHS and [h["epoch"] for h in hist] == list(range(1, EPOCHS + 1))
+    sizes = [h["world_size"] for h in hist]
+    print("world sizes", sizes, "top1", summary["top1"], "uninterrupted", single_host["top1"], "memberships", summary["memberships"])
+    assert sizes[0] == 2 and 1 in sizes, sizes
+    assert sizes[-1] == 2, sizes  # back to 2 after 1
+    # each restart is recorded with the commit it rolled back to
+    m = summary["memberships"]
+    assert [x["world_size"] for x in m][:2] == [2, 1] and m[-1]["world_size"] == 2, m
+    assert m[1]["rolled_back_to"] == lost_at and m[1]["from_epoch"] == lost_at + 1, m
+    # exact counts in every epoch, whatever the world size: each selected sample trained once,
+    # plus the wrap-around padding of the last shard
+    for h in hist:
+        assert h["samples"] == h["subset"] + h["padding"] and h["padding"] < h["world_size"], h
+    # the selections up to the loss are the uninterrupted run's; the run as a whole lands within
+    # noise of it (tiny data, 48 px, 8 epochs)
+    assert _digests(summary)[:lost_at] == _digests(single_host)[:lost_at]
+    assert abs(summary["top1"] - single_host["top1"]) <= 0.15, (summary["top1"], single_host["top1"])
+
+
+def test_elastic_below_min_np_ends_non_zero_instead_of_hanging(cluster, tiny_data, tmp_path):
+    """horovod#3494: survivors below --min-np can wait in re-initialisation forever. The launcher
+    bounds that wait (ELASTIC_TIMEOUT), and the job ends non-zero with its checkpoints intact."""
+    job, hosts_file, out, log_path = _start_elastic(cluster, tiny_data, tmp_path, 2, {"ELASTIC_TIMEOUT": "15"})
+    try:
+        _wait_for(lambda: _epochs_done(out) >= 1, 180, job, "epoch 1", log_path)
+        hosts_file.write_text(f"{cluster.host_addrs[0]}:1\n")
+        assert cluster.kill(cluster.hosts[1], "dap-hvd train", signal.SIGKILL), "no trainer on the second host"
+        t_kill = time.time()
+        try:
+            rc = job.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("below --min-np the job hung:\n" + log_path.read_text()[-4000:])
+        elapsed = time.time() - t_kill
+    finally:
+        if job.poll() is None:
+            job.kill()
+    text = log_path.read_text()
+    print(f"below min-np: ended {elapsed:.1f} s after the kill, rc {rc}; last lines:\n" + "\n".join(text.splitlines()[-3:]))
+    assert rc != 0, text[-3000:]
+    deadline = time.time() + 20  # the survivor got SIGTERM with the job's end: it may still be exiting
+    while cluster.pids(cluster.hosts[0], "dap-hvd train") and time.time() < deadline:
+        time.sleep(0.2)
+    assert cluster.pids(cluster.hosts[0], "dap-hvd train") == [], "a survivor was left running"
+    assert _epochs_done(out) >= 1  # what was checkpointed is there for --resume
