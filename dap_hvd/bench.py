@@ -430,6 +430,8 @@ def render(raw: dict) -> dict:
                 f"(what every epoch paid before) **{ld['switch_rebuild']:.3f} s**; the run's persistent pipeline fed "
                 f"the new list **{ld['switch_persistent']:.3f} s**." if "switch_rebuild" in ld else ""))
     for name, st in raw.get("stamps", {}).items():
+        if name == "gpu" and raw.get("gpu", {}).get("part_stamps"):
+            continue  # the GPU section is measured in parts, each with its own stamp
         for key in ((name,) if name != "accuracy" else ("accuracy", "saving")):
             if key in sec:
                 sec[key] += f"\n\n_Measured {st['date']} by `{st['command']}`._"

@@ -10,6 +10,8 @@ session can run them in separate calls against the same `--gpu-data` folder):
           selection, and `dap-hvd evaluate` reproduces the run's top-1
   saving  full data against DaP for the same epochs: wall clock against compute, the subset-change
           cost, and device memory per epoch
+  partial the first step on a batch of a new size (an epoch's last): cuDNN's autotuner against its
+          heuristics, which the trainer uses for partial batches (torch alone: no DALI, no Horovod)
 Without a GPU the section is skipped with one line, and BENCHMARKS.md keeps an earlier GPU section.
 The training data are random smooth colour fields at ImageNet-like size (500x375 JPEGs): they
 measure speed, not accuracy.
@@ -30,7 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-PARTS = ("micro", "matrix", "resume", "saving")
+PARTS = ("micro", "matrix", "resume", "saving", "partial")
 BIN = Path(sysconfig.get_path("scripts"))
 A100_ANCHOR = 2470  # NVIDIA's published PyTorch ResNet-50 AMP img/s on one A100-80GB
 BATCH = 256
@@ -312,6 +314,44 @@ def saving(data: Path, work: Path, logs: Optional[Path], epochs: int = 6) -> dic
     return out
 
 
+def partial_batches(sizes=(200, 137, 93)) -> dict:
+    """The first ResNet-50 step (bf16, channels_last) on batches of sizes not seen before: with
+    cudnn.benchmark on, as before the fix, and through engine.Precision.kernels(tuned=False), as
+    the trainer runs an epoch's last, partial batch now. Each size is new to the process."""
+    import torch
+
+    from dap_hvd.engine import Precision
+    from dap_hvd.models import build_model
+
+    dev = torch.device("cuda", 0)
+    torch.cuda.set_device(dev)
+    torch.backends.cudnn.benchmark = True
+    model = build_model("resnet50", 1000).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    precision = Precision(dev, torch.bfloat16, True)
+
+    def step(n: int, tuned: bool) -> float:
+        x = torch.randn(n, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 1000, (n,), device=dev)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with precision.kernels(tuned=tuned):
+            opt.zero_grad(set_to_none=True)
+            with precision.autocast():
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    step(BATCH, True)  # the full batch's kernels, tuned once
+    full = statistics.median(step(BATCH, True) for _ in range(5))
+    autotuned = [step(n, True) for n in sizes]
+    heuristic = [step(n + 1, False) for n in sizes]
+    return dict(sizes=list(sizes), full_step=full, autotuned=autotuned, heuristic=heuristic,
+                gpu=torch.cuda.get_device_name(dev), torch=torch.__version__)
+
+
 # ---------------------------------------------------------------- the section
 
 def bench_gpu(work: Path, a, raw: dict, save: Callable[[], None]) -> Optional[dict]:
@@ -330,9 +370,10 @@ def bench_gpu(work: Path, a, raw: dict, save: Callable[[], None]) -> Optional[di
     driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                             capture_output=True, text=True).stdout.strip().splitlines()
     g = raw.setdefault("gpu", {})
-    g.update(gpu=torch.cuda.get_device_name(0), driver=driver[0] if driver else "?", torch=torch.__version__,
-             cuda=torch.version.cuda, dali=_version("nvidia-dali-cuda130"), horovod=_version("horovod"),
-             batch=BATCH, cores=os.cpu_count(), python=sys.version.split()[0])
+    if set(parts) - {"partial"}:  # (partial alone needs neither DALI nor Horovod: keep their versions)
+        g.update(gpu=torch.cuda.get_device_name(0), driver=driver[0] if driver else "?", torch=torch.__version__,
+                 cuda=torch.version.cuda, dali=_version("nvidia-dali-cuda130"), horovod=_version("horovod"),
+                 batch=BATCH, cores=os.cpu_count(), python=sys.version.split()[0])
     for part in parts:
         t = time.perf_counter()
         if part == "micro":
@@ -343,7 +384,10 @@ def bench_gpu(work: Path, a, raw: dict, save: Callable[[], None]) -> Optional[di
             g["resume"] = resume(jpeg_dataset(data_root / "small", **SMALL), work, logs)
         elif part == "saving":
             g["saving"] = saving(jpeg_dataset(data_root / "big", **BIG), work, logs)
+        elif part == "partial":
+            g["partial"] = partial_batches()
         g.setdefault("part_seconds", {})[part] = time.perf_counter() - t
+        g.setdefault("part_stamps", {})[part] = dict(date=raw["machine"]["date"], command=raw["command"])
         print(f"gpu: {part} done in {time.perf_counter() - t:.0f} s", flush=True)
         save()
     return g
@@ -423,4 +467,17 @@ def render(g: dict) -> str:
             + _saving_notes(s))
     elif s:
         lines.append(f"**DaP's saving in wall clock: failed**: {s['error'].strip().splitlines()[-1][:200]}")
+    pb = g.get("partial")
+    if pb:
+        lines.append(
+            f"**The fix, measured** ({pb['gpu']}, torch {pb['torch']}): the first ResNet-50 step on a batch of a "
+            f"new size ({', '.join(map(str, pb['sizes']))}) took " + ", ".join(f"{x:.2f}" for x in pb["autotuned"])
+            + " s with cuDNN's autotuner, and " + ", ".join(f"{x:.2f}" for x in pb["heuristic"])
+            + f" s with its heuristics, which the trainer now uses for an epoch's last, partial batch; a tuned "
+            f"full batch of {BATCH} takes {pb['full_step']:.3f} s. The saving run above predates the fix.")
+    stamps = g.get("part_stamps", {})
+    if stamps:
+        lines.append("_Measured part by part: " + "; ".join(
+            f"{part} {st['date']} by `{st['command']}`" for part, st in sorted(stamps.items(), key=lambda kv: kv[1]["date"]))
+            + "._")
     return "\n\n".join(lines)
