@@ -24,7 +24,6 @@ import os
 import statistics
 import subprocess
 import sys
-import sysconfig
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -32,8 +31,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from dap_hvd.bench import BIN, _version
+
 PARTS = ("micro", "matrix", "resume", "saving", "partial")
-BIN = Path(sysconfig.get_path("scripts"))
 A100_ANCHOR = 2470  # NVIDIA's published PyTorch ResNet-50 AMP img/s on one A100-80GB
 BATCH = 256
 # Each mode is what a user would pass; "bf16 channels_last" is what `auto` picks on a GPU.
@@ -49,15 +49,6 @@ SMALL = dict(classes=50, train_per_class=100, val_per_class=10)
 # One schedule for every run (full data ignores all but E): DaP keeps 70% at every epoch after the first.
 SCHED = ["--warmup", "1", "--interval", "1", "--keep", "0.7", "--active", "none", "--reuse", "none", "--lr-steps", "none"]
 DAP = ["--strategy", "dap", *SCHED]
-
-
-def _version(dist_name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist_name)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def _field(args) -> bytes:

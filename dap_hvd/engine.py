@@ -40,10 +40,10 @@ class Precision:
     @contextlib.contextmanager
     def kernels(tuned: bool):
         """cuDNN's autotuner (cudnn.benchmark) times every convolution algorithm the first time it
-        meets an input shape: 5-9 s for ResNet-50 on an H100, for each new shape. Full batches
+        meets an input shape: 7-8 s for ResNet-50 on an H100, for each new shape. Full batches
         share one shape, but a DaP epoch ends in a partial batch of a new size nearly every epoch,
-        and that cost 2-6 s of a 9 s epoch there. Partial batches take cuDNN's heuristic pick
-        instead (0.3 s the first time, measured on the same GPU)."""
+        which cost DaP epochs of about 9 s up to 8.6 s more there. Partial batches take cuDNN's
+        heuristic pick instead: 0.2 s the first time on the same GPU (BENCHMARKS.md, GPU)."""
         cudnn = torch.backends.cudnn
         before = cudnn.benchmark
         if not tuned:

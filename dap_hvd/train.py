@@ -353,7 +353,7 @@ def _lr_schedule(cfg: TrainConfig, base_lr: float, epoch_steps: list):
                              full_epoch_steps=epoch_steps[0], lr_steps=cfg.lr_steps, mode=cfg.optim.lr_schedule)
 
 
-def _train_epoch(r: Run, state: RunState, epoch: int) -> dict:
+def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
     cfg, world = r.cfg, r.world
     t0 = time.perf_counter()
     selection = state.selection
@@ -441,7 +441,8 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> dict:
                  "" if acc is None else f", top1 {acc.top1:.4f} top5 {acc.top5:.4f}", seconds,
                  {DROP: f"drop to {nxt}", PICK: "pick all data", "end": "end of run", "prune": f"prune to {nxt}",
                   "draw": f"draw {nxt}", "full": "all data"}.get(after, "same subset"))
-    payload = _checkpoint_payload(r, state, rng)  # every rank holds it: --elastic commits it
+    # Rank 0 saves it; under --elastic every rank commits it, so any survivor can carry the run.
+    payload = _checkpoint_payload(r, state, rng) if world.is_root or cfg.elastic else None
     if world.is_root:
         t_ck = time.perf_counter()
         save_checkpoint(r.run_dir, epoch, payload, cfg.keep_checkpoints)
