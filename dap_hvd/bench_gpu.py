@@ -43,8 +43,9 @@ MODES = {
     "fp16 + GradScaler, channels_last": ["--amp", "fp16", "--channels-last", "on"],
     "bf16, --sync-bn": ["--amp", "bf16", "--sync-bn"],
     "bf16, channels_last, --loader torch": ["--amp", "bf16", "--channels-last", "on", "--loader", "torch"],
+    "bf16, channels_last, --compile": ["--amp", "bf16", "--channels-last", "on", "--compile"],
 }
-BIG = dict(classes=100, train_per_class=320, val_per_class=10)  # 32,000 images: epochs of 10 s or more
+BIG = dict(classes=100, train_per_class=640, val_per_class=10)  # 64,000 images: full epochs of over 10 s
 SMALL = dict(classes=50, train_per_class=100, val_per_class=10)
 # One schedule for every run (full data ignores all but E): DaP keeps 70% at every epoch after the first.
 SCHED = ["--warmup", "1", "--interval", "1", "--keep", "0.7", "--active", "none", "--reuse", "none", "--lr-steps", "none"]
@@ -162,37 +163,38 @@ def micro(work: Path, repeats: int, steps: int = 30) -> dict:
         return rate
 
     model = build_model("resnet50", 1000).to(dev)
+    compiled = torch.compile(model, dynamic=False)  # what --compile runs (shares the parameters)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     precision = Precision(dev, torch.bfloat16, True)
     labels = torch.randint(0, 1000, (BATCH,), device=dev)
+    synthetic = torch.randn(BATCH, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
 
-    def step(images):
+    def step(net, images):
         opt.zero_grad(set_to_none=True)
         with precision.autocast():
-            loss = torch.nn.functional.cross_entropy(model(precision.to_device(images)).float(), labels[:len(images)])
+            loss = torch.nn.functional.cross_entropy(net(precision.to_device(images)).float(), labels[:len(images)])
         loss.backward()
         opt.step()
 
-    def synthetic_rate() -> float:
-        x = torch.randn(BATCH, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
+    def synthetic_rate(net) -> float:
         for _ in range(5):
-            step(x)
+            step(net, synthetic)
         torch.cuda.synchronize()
         t = time.perf_counter()
         for _ in range(steps):
-            step(x)
+            step(net, synthetic)
         torch.cuda.synchronize()
         return steps * BATCH / (time.perf_counter() - t)
 
     persistent = Loaders("dali")
 
-    def fed_rate(passes: int = 4) -> float:
+    def fed_rate(net, passes: int = 4) -> float:
         """The run's way: one persistent pipeline fed a new list each pass; timed after a warm pass."""
         n, t = 0, None
         for k in range(passes + 1):
             loader = persistent.open(spec())
             for b in loader:
-                step(b.images)
+                step(net, b.images)
                 if k == 1 and t is None:
                     torch.cuda.synchronize()
                     t = time.perf_counter()
@@ -211,8 +213,22 @@ def micro(work: Path, repeats: int, steps: int = 30) -> dict:
         return time.perf_counter() - t
 
     decode = [loader_rate() for _ in range(repeats)]
-    synth = [synthetic_rate() for _ in range(repeats)]
-    fed = [fed_rate() for _ in range(repeats)]
+    t = time.perf_counter()
+    try:
+        step(compiled, synthetic)  # compiles forward and backward
+        torch.cuda.synchronize()
+        compile_error = None
+    except Exception as e:  # measured without it, and the reason is kept
+        compiled, compile_error = None, f"{type(e).__name__}: {str(e)[:400]}"
+    compile_seconds = time.perf_counter() - t
+    # eager and compiled side by side, alternating, so drift hits both alike
+    synth, synth_c, fed, fed_c = [], [], [], []
+    for _ in range(repeats):
+        synth.append(synthetic_rate(model))
+        synth_c += [synthetic_rate(compiled)] if compiled is not None else []
+    for _ in range(repeats):
+        fed.append(fed_rate(model))
+        fed_c += [fed_rate(compiled)] if compiled is not None else []
     rebuilds = [switch_seconds(True) for _ in range(10)]
     switches, memory = [], []
     for _ in range(50):  # the run's way: one persistent pipeline, a new list each time
@@ -222,7 +238,10 @@ def micro(work: Path, repeats: int, steps: int = 30) -> dict:
     persistent.close()
     return dict(threads=threads, images=len(files), decode_rate=statistics.median(decode), decode_runs=decode,
                 synthetic_rate=statistics.median(synth), synthetic_runs=synth, fed_rate=statistics.median(fed),
-                fed_runs=fed, switch_seconds=statistics.median(switches[5:]), switch_first=switches[0],
+                fed_runs=fed, compile_seconds=compile_seconds, compile_error=compile_error,
+                **(dict(compiled_synthetic_rate=statistics.median(synth_c), compiled_synthetic_runs=synth_c,
+                        compiled_fed_rate=statistics.median(fed_c), compiled_fed_runs=fed_c) if synth_c else {}),
+                switch_seconds=statistics.median(switches[5:]), switch_first=switches[0],
                 rebuild_seconds=statistics.median(rebuilds[2:]), memory_mb=memory)
 
 
@@ -291,6 +310,8 @@ def saving(data: Path, work: Path, logs: Optional[Path], epochs: int = 6) -> dic
         s = r["summary"]
         out[name] = dict(launch_seconds=r["seconds"], epoch_seconds=[h["seconds"] for h in s["epochs"]],
                          train_seconds=[h["train_seconds"] for h in s["epochs"]],
+                         eval_seconds=[h["eval_seconds"] for h in s["epochs"]],
+                         samples=[h["samples"] for h in s["epochs"]],
                          data_wait_seconds=[h["data_wait_seconds"] for h in s["epochs"]],
                          selection_seconds=[h["selection_seconds"] for h in s["epochs"]],
                          subset=[h["subset"] for h in s["epochs"]],
@@ -298,10 +319,19 @@ def saving(data: Path, work: Path, logs: Optional[Path], epochs: int = 6) -> dic
                          peak_mb=[h.get("device_peak_mb") for h in s["epochs"]],
                          compute_planned=s.get("compute_ratio_planned"), compute=s.get("compute_ratio_measured"))
     f, d = out["full"], out["dap"]
+
+    def work(r):  # epochs 2..E without evaluation: what DaP changes (below)
+        return sum(s - e for s, e in zip(r["epoch_seconds"][1:], r["eval_seconds"][1:]))
+
     out.update(ok=True, images=BIG["classes"] * BIG["train_per_class"], epochs=epochs,
                wall_ratio=sum(d["epoch_seconds"]) / sum(f["epoch_seconds"]),
                launch_ratio=d["launch_seconds"] / f["launch_seconds"],
-               compute_ratio=d["compute"] if d["compute"] is not None else d["compute_planned"])
+               compute_ratio=d["compute"] if d["compute"] is not None else d["compute_planned"],
+               # Epoch 1 (all data in both runs, plus the one-time start: cuDNN tuning, the first
+               # pipeline) and the evaluation (the same validation set) cost both runs the same
+               # seconds; they are left out of the goal's ratio, on both sides, and kept above.
+               steady_wall_ratio=work(d) / work(f),
+               steady_compute_ratio=sum(d["samples"][1:]) / sum(f["samples"][1:]))
     return out
 
 
@@ -371,6 +401,7 @@ def bench_gpu(work: Path, a, raw: dict, save: Callable[[], None]) -> Optional[di
             g.update(micro(work, a.repeats))
         elif part == "matrix":
             g["matrix"] = matrix(jpeg_dataset(data_root / "big", **BIG), work, logs)
+            g["matrix_images"] = BIG["classes"] * BIG["train_per_class"]
         elif part == "resume":
             g["resume"] = resume(jpeg_dataset(data_root / "small", **SMALL), work, logs)
         elif part == "saving":
@@ -408,12 +439,23 @@ def render(g: dict) -> str:
             "| measurement | images/s |\n|---|---|\n"
             f"| DALI `mixed` decode + RandomResizedCrop alone | {g['decode_rate']:.0f} |\n"
             f"| training step on synthetic tensors (the ceiling) | {g['synthetic_rate']:.0f} |\n"
-            f"| training step fed by DALI | {g['fed_rate']:.0f} |\n\n"
-            f"DALI-fed / synthetic: **{g['fed_rate'] / g['synthetic_rate']:.3f}** (goal: within 10%). Against "
-            f"NVIDIA's published PyTorch ResNet-50 AMP figure on one A100-80GB ({A100_ANCHOR:,} img/s): "
-            f"**{g['synthetic_rate'] / A100_ANCHOR:.2f}x** on synthetic tensors, "
-            f"{g['fed_rate'] / A100_ANCHOR:.2f}x fed by DALI (goal: 2x). MLPerf's tuned MXNet+DALI runs reach "
-            f"about 7,200 img/s per H100. A subset change, from a new file list to its first batch: "
+            f"| training step fed by DALI | {g['fed_rate']:.0f} |\n"
+            + (f"| `--compile`: training step on synthetic tensors | {g['compiled_synthetic_rate']:.0f} |\n"
+               f"| `--compile`: training step fed by DALI | {g['compiled_fed_rate']:.0f} |\n"
+               if "compiled_synthetic_rate" in g else "") + "\n"
+            + f"DALI-fed / synthetic: **{g['fed_rate'] / g['synthetic_rate']:.3f}** eager"
+            + (f", **{g['compiled_fed_rate'] / g['compiled_synthetic_rate']:.3f}** compiled"
+               if "compiled_synthetic_rate" in g else "")
+            + f" (goal: within 10%). Against NVIDIA's published PyTorch ResNet-50 AMP figure on one A100-80GB "
+            f"({A100_ANCHOR:,} img/s): **{g['synthetic_rate'] / A100_ANCHOR:.2f}x** eager on synthetic tensors, "
+            f"{g['fed_rate'] / A100_ANCHOR:.2f}x fed by DALI"
+            + (f"; compiled **{g['compiled_synthetic_rate'] / A100_ANCHOR:.2f}x** on synthetic tensors, "
+               f"**{g['compiled_fed_rate'] / A100_ANCHOR:.2f}x** fed by DALI (compiled / eager, side by side: "
+               f"{g['compiled_synthetic_rate'] / g['synthetic_rate']:.2f}x; compiling took "
+               f"{g['compile_seconds']:.0f} s, once per process)" if "compiled_synthetic_rate" in g else "")
+            + " (goal: 2x). MLPerf's tuned MXNet+DALI runs reach about 7,200 img/s per H100. "
+            + (f"torch.compile failed here: {g['compile_error']}. " if g.get("compile_error") else "")
+            + f"A subset change, from a new file list to its first batch: "
             f"{g['switch_seconds']:.3f} s through the run's persistent pipeline (median of 45; the first "
             f"{g['switch_first']:.3f} s), against {g['rebuild_seconds']:.3f} s for a pipeline built for the list. "
             f"Device memory in use over 50 changes: {mem[0]:.0f} MB at the first, {mem[9]:.0f} MB at the tenth, "
@@ -423,7 +465,7 @@ def render(g: dict) -> str:
             f"| {m['mode']} | " + (f"ok | {m['steps']} | {m['rate']:.0f} | {m['loss']:.3f} | {m['top1']:.4f} |"
                                    if m["ok"] else f"**failed**: {m['error'].strip().splitlines()[-1][:160]} | | | | |")
             + "\n" for m in g["matrix"])
-        big = BIG["classes"] * BIG["train_per_class"]
+        big = g.get("matrix_images", BIG["classes"] * BIG["train_per_class"])
         lines.append(f"**`dap-hvd train` on the GPU** (`horovodrun --gloo -np 1`, {big:,} generated 500x375 JPEGs in "
                      f"{BIG['classes']} classes of random colour fields, so top-1 stays at chance; 2 epochs capped by "
                      "`--max-steps-per-epoch`, evaluated at the end; images/s of the second epoch's training loop):\n\n"
@@ -443,12 +485,20 @@ def render(g: dict) -> str:
     s = g.get("saving")
     if s and s.get("ok"):
         f, d = s["full"], s["dap"]
+        steady = "steady_wall_ratio" in s
         lines.append(
             f"**DaP's saving in wall clock** ({s['images']:,} images, {s['epochs']} epochs, bf16, channels_last, "
-            f"DaP p=0.7 every epoch after the first, evaluated once at the end): compute ratio "
-            f"**{s['compute_ratio']:.3f}**, wall-clock ratio of the epochs **{s['wall_ratio']:.3f}** "
-            f"({s['wall_ratio'] - s['compute_ratio']:+.3f}; goal: within 0.02), launch to exit "
-            f"{s['launch_ratio']:.3f} ({d['launch_seconds']:.0f} s against {f['launch_seconds']:.0f} s).\n\n"
+            f"DaP p=0.7 every epoch after the first, evaluated once at the end). "
+            + (f"Epochs 2-{s['epochs']}, where the two runs differ (their evaluation left out on both sides): "
+               f"compute ratio **{s['steady_compute_ratio']:.3f}**, wall-clock ratio **{s['steady_wall_ratio']:.3f}** "
+               f"({s['steady_wall_ratio'] - s['steady_compute_ratio']:+.3f}; goal: within 0.02). All epochs, "
+               f"with epoch 1's one-time start and the evaluation, which cost both runs the same: compute "
+               f"{s['compute_ratio']:.3f}, wall clock {s['wall_ratio']:.3f}"
+               if steady else
+               f"Compute ratio **{s['compute_ratio']:.3f}**, wall-clock ratio of the epochs **{s['wall_ratio']:.3f}** "
+               f"({s['wall_ratio'] - s['compute_ratio']:+.3f}; goal: within 0.02)")
+            + f"; launch to exit {s['launch_ratio']:.3f} ({d['launch_seconds']:.0f} s against "
+            f"{f['launch_seconds']:.0f} s).\n\n"
             "| epoch | full: s | DaP: subset | DaP: s | DaP: selection s | DaP: data wait s | DaP: device MB |\n"
             "|---|---|---|---|---|---|---|\n" + "".join(
                 f"| {i + 1} | {f['epoch_seconds'][i]:.1f} | {d['subset'][i]} | {d['epoch_seconds'][i]:.1f} | "
@@ -465,7 +515,8 @@ def render(g: dict) -> str:
             f"new size ({', '.join(map(str, pb['sizes']))}) took " + ", ".join(f"{x:.2f}" for x in pb["autotuned"])
             + " s with cuDNN's autotuner, and " + ", ".join(f"{x:.2f}" for x in pb["heuristic"])
             + f" s with its heuristics, which the trainer now uses for an epoch's last, partial batch; a tuned "
-            f"full batch of {BATCH} takes {pb['full_step']:.3f} s. The saving run above predates the fix.")
+            f"full batch of {BATCH} takes {pb['full_step']:.3f} s."
+            + (" The saving run above predates the fix." if s and "steady_wall_ratio" not in s else ""))
     stamps = g.get("part_stamps", {})
     if stamps:
         lines.append("_Measured part by part: " + "; ".join(

@@ -163,6 +163,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--amp", help="auto (bf16 on GPU, off on CPU) | off | bf16 | fp16 (with a GradScaler)")
     g.add_argument("--channels-last", help="auto (on GPU) | on | off: NHWC input batches")
     g.add_argument("--sync-bn", action=B, default=None, help="Horovod SyncBatchNorm (GPU only)")
+    g.add_argument("--compile", action=B, default=None, help="torch.compile the model for the full training "
+                   "batches (default off; a minute or more of compiling at start, then faster steps: BENCHMARKS.md)")
     g = p.add_argument_group("observability")
     g.add_argument("--metrics-port", help="Prometheus base port; rank r serves on BASE + local_rank; 0 or off disables")
     g.add_argument("--metrics-host", help="interface the metrics server binds (default 0.0.0.0)")

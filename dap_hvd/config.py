@@ -75,6 +75,7 @@ class OptimConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, off on CPU
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on GPU
     sync_bn: bool = False
+    compile: bool = False  # torch.compile the model for full training batches (compiles once, at start)
 
 
 @dataclass(frozen=True)
@@ -348,6 +349,11 @@ def _validate(cfg: TrainConfig) -> None:
     _check(not (o.amp == "fp16" and o.fp16_allreduce), "optim", "fp16_allreduce",
            "cannot be combined with --amp fp16: the loss-scaled gradients overflow fp16 when summed across "
            "ranks; use --amp bf16 with --fp16-allreduce, or drop --fp16-allreduce")
+    # SyncBatchNorm allreduces inside its forward and backward: a compiled graph would break at
+    # every BN layer, paying the compile time for nothing.
+    _check(not (o.compile and o.sync_bn), "optim", "compile", "cannot be combined with --sync-bn: Horovod's "
+           "SyncBatchNorm calls an allreduce inside every BN layer, which splits the compiled graph at each one; "
+           "drop one of the two")
     _check(d.image_size is None or d.image_size >= 8, "data", "image_size", f"must be >= 8, got {d.image_size}")
     _check(d.val_resize is None or d.val_resize >= cfg.image_size, "data", "val_resize",
            f"must be >= the crop size {cfg.image_size}, got {d.val_resize}")

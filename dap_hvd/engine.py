@@ -70,7 +70,8 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
                     lr_schedule: LRSchedule, global_step: int, class_of: torch.Tensor, precision: Precision,
                     step_scale: float = 1.0, ledger: Optional[LossLedger] = None,
                     weight_of: Optional[torch.Tensor] = None, scaler: Optional["torch.amp.GradScaler"] = None,
-                    max_steps: Optional[int] = None, progress=None, metrics=None) -> EpochStats:
+                    max_steps: Optional[int] = None, progress=None, metrics=None,
+                    compiled: Optional[nn.Module] = None) -> EpochStats:
     """One pass over `loader`. `global_step` is where this epoch starts in the plan, so the LR
     follows the plan's epoch boundaries whatever happened before (a resume, another world size).
     Step k of the epoch takes the LR at global_step + k * step_scale: 1 where the plan knew the
@@ -82,7 +83,11 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
     The gradient uses the label-smoothed loss; the ledger records plain softmax cross-entropy of
     the same fp32 logits (the paper's selection signal, section 3.3). The smoothed loss is not
     monotone in the model's confidence: a sample predicted with p=1.0 scores higher than one at
-    p=0.68, so ranking by it would keep easy samples."""
+    p=0.68, so ranking by it would keep easy samples.
+
+    `compiled` (torch.compile of `model`, sharing its parameters) runs the full batches. The
+    last, partial batch runs `model` eagerly: a graph compiled for one batch size would be
+    recompiled for each epoch's new last size, which costs more than the eager step saves."""
     model.train()
     dev = precision.device
     loss_sum = torch.zeros((), device=dev)
@@ -104,10 +109,12 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
         targets = class_of[indices]
 
         full = full or len(batch.tags)  # the loader's batch size: every batch but the last
-        with precision.kernels(tuned=len(batch.tags) == full):
+        is_full = len(batch.tags) == full
+        net = compiled if compiled is not None and is_full else model
+        with precision.kernels(tuned=is_full):
             optimizer.zero_grad()
             with precision.autocast():
-                logits = model(images)
+                logits = net(images)
             logits = logits.float()  # losses in fp32, also under bf16/fp16 autocast
             per_sample = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
             loss = per_sample.mean() if weight_of is None else (per_sample * weight_of[indices]).mean()

@@ -91,6 +91,7 @@ class Run:
     planned_min: list  # samples per epoch as planned (a step cap included); equal to max when exact
     planned_max: list
     loaders: Optional[Loaders] = None  # persistent per split (DALI), for the whole run
+    compiled: Optional[torch.nn.Module] = None  # --compile: `model` compiled, for full training batches
     lr_schedule: object = None
     metrics: object = None
 
@@ -317,6 +318,12 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
                                 lr=base_lr, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
     optimizer = dist.distributed_optimizer(optimizer, model, cfg.optim.fp16_allreduce)
     scaler = torch.amp.GradScaler(device.type) if precision.amp_dtype == torch.float16 else None
+    # Compiled lazily, at the first full batch. It shares the parameters, so checkpoints, the
+    # optimizer and Horovod's gradient hooks all see `model`. Its backward hands every gradient
+    # over at once, so allreduces start after the backward instead of overlapping it.
+    compiled = torch.compile(model, dynamic=False) if cfg.optim.compile else None
+    if compiled is not None and world.is_root:
+        log.info("--compile: the first full batch compiles the model's forward and backward (a minute or more)")
 
     # ---- the plan fixes every epoch's step count (or its upper bound): the LR is keyed to it
     the_plan = policy.plan(len(universe))
@@ -334,7 +341,7 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
                dataset_digest=train_cat.digest(excluded), class_of=torch.from_numpy(train_cat.labels).to(device),
                val_class_of=torch.from_numpy(val_cat.labels).to(device), model=model, optimizer=optimizer,
                scaler=scaler, base_lr=base_lr, plan=the_plan, epoch_starts=starts, grid_steps=epoch_steps,
-               planned_min=planned_min, planned_max=planned_max, loaders=Loaders(cfg.data.loader),
+               planned_min=planned_min, planned_max=planned_max, loaders=Loaders(cfg.data.loader), compiled=compiled,
                lr_schedule=_lr_schedule(cfg, base_lr, epoch_steps))
 
 
@@ -376,7 +383,8 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
                                 global_step=r.epoch_starts[epoch - 1], step_scale=r.grid_steps[epoch - 1] / steps,
                                 class_of=r.class_of, precision=r.precision, ledger=ledger,
                                 weight_of=_weights_on_device(r, selection), scaler=r.scaler,
-                                max_steps=cfg.max_steps_per_epoch, progress=progress, metrics=r.metrics)
+                                max_steps=cfg.max_steps_per_epoch, progress=progress, metrics=r.metrics,
+                                compiled=r.compiled)
     except (BadSampleError, LoaderError) as e:
         raise _explain_bad_data(e, world, r.train_cat, shard.indices) from None
     finally:
@@ -410,10 +418,11 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
     samples, loss_sum, loss_count = int(totals[0]), float(totals[1]), max(1.0, float(totals[2]))
     # One model on every rank from here: what is evaluated is what is saved.
     dist.average_batchnorm(r.model)
-    acc = None
+    acc, t_eval = None, time.perf_counter()
     if epoch % cfg.eval_every == 0 or epoch in (cfg.schedule.epochs, cfg.stop_after):
         acc = evaluate_split(cfg, world, epoch, r.model, r.val_cat, r.val_class_of, r.precision, r.loaders,
                              r.val_usable)
+    eval_seconds = time.perf_counter() - t_eval
     state.epoch = epoch
     state.samples_trained += samples
     seconds = time.perf_counter() - t0
@@ -425,7 +434,7 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
                   selection_digest=selection_digest(selection.indices), weights_digest=selection.weights_digest(),
                   weighted=weighted, scores_digest=scores_digest, train_loss=loss_sum / loss_count,
                   lr=stats.last_lr, top1=None if acc is None else acc.top1,
-                  top5=None if acc is None else acc.top5, seconds=seconds,
+                  top5=None if acc is None else acc.top5, seconds=seconds, eval_seconds=eval_seconds,
                   train_seconds=stats.seconds, data_wait_seconds=stats.data_seconds, world_size=world.size,
                   after=after, selection_seconds=sel_seconds, **_device_memory(r.precision.device))
     state.history.append(record)

@@ -73,6 +73,7 @@ def test_a_yaml_section_of_the_wrong_type_is_named(tmp_path):
     ({"strategy": "best"}, "--strategy"), ({"keep": 0}, "--keep"), ({"reuse": "500"}, "--reuse"),
     ({"label_smoothing": 1.0}, "--label-smoothing"), ({"data.root": "/nonexistent/x"}, "--data"),
     ({"min_crop_area": 0}, "--min-crop-area"), ({"stop_after": 99}, "--stop-after"),
+    ({"compile": True, "sync_bn": True}, r"optim.compile \(--compile\): cannot be combined with --sync-bn"),
 ])
 def test_bad_values_name_the_flag(overrides, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -164,3 +164,32 @@ def test_a_partial_batch_skips_cudnn_autotuning_and_the_setting_comes_back(monke
     evaluate(model=model, loader=ListLoader(batches), **args)
     assert seen == [(2, True), (2, True), (1, False)] * 2
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_compiled_model_runs_full_batches_and_the_partial_one_runs_eagerly():
+    """--compile: one graph, for the full batch size. The epoch's last, partial batch runs the
+    eager model (a new size would recompile every epoch), and training is the same computation:
+    the compiled run's parameters equal an eager run's from the same start."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch.manual_seed(0)
+    eager = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
+    twin = torch.nn.Sequential(*[type(m)(*a) for m, a in zip(eager, [(3, 4, 3), (4,), (), (), (64, 3)])])
+    twin.load_state_dict(eager.state_dict())
+    subset = np.arange(7, dtype=np.int64)
+    tags = torch.from_numpy(Shard(subset, np.ones(7, dtype=bool), 1).encoded_labels())
+    images = torch.randn(7, 3, 6, 6)
+    batches = [Batch(images[:3], tags[:3]), Batch(images[3:6], tags[3:6]), Batch(images[6:], tags[6:])]
+    counter = CompileCounter()
+    compiled = torch.compile(twin, backend=counter, dynamic=False)
+    torch._dynamo.reset()
+    args = dict(loader=ListLoader(batches), label_smoothing=0.0, lr_schedule=LRSchedule(0.1, 0, 100, "step"),
+                global_step=0, class_of=torch.tensor([0, 1, 2, 0, 1, 2, 0]),
+                precision=Precision(torch.device("cpu"), None, False))
+    a = train_one_epoch(model=eager, optimizer=torch.optim.SGD(eager.parameters(), lr=0.1), **args)
+    b = train_one_epoch(model=twin, optimizer=torch.optim.SGD(twin.parameters(), lr=0.1), compiled=compiled, **args)
+    assert counter.frame_count == 1 and b.steps == 3
+    assert a.loss_sum == b.loss_sum
+    for p, q in zip(eager.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -297,6 +297,21 @@ def test_recipe_options_run_end_to_end(tiny_data, tmp_path):
     assert saved["optim"]["amp"] == "bf16" and saved["data"]["loader"] == "torch"
 
 
+def test_compiled_training_on_two_ranks_checkpoints_the_plain_model(tiny_data, tmp_path):
+    """--compile with real inductor kernels under Horovod: the ranks stay identical (their state
+    digests are checked at every epoch end), the checkpoint holds the plain model's keys, and
+    `dap-hvd evaluate` (no compile) reproduces the run's top-1."""
+    import torch
+
+    out = tmp_path / "compiled"
+    train(tiny_data, out, "--compile", *short(2), timeout=600)
+    s = summary(out)
+    assert len(s["epochs"]) == 2 and all(math.isfinite(e["train_loss"]) for e in s["epochs"])
+    ckpt = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    assert not [k for k in ckpt["model"] if "_orig_mod" in k]
+    assert json.loads(run([DAP_HVD, "evaluate", out, "--json"], timeout=120).stdout)["top1"] == s["top1"]
+
+
 def test_sync_bn_without_gpu_is_a_clear_error(tiny_data, tmp_path):
     p = run([DAP_HVD, "train", "--data", tiny_data, "--out", tmp_path / "s", "--sync-bn", *short(1)],
             timeout=120, check=False)
