@@ -143,7 +143,7 @@ def micro(work: Path, repeats: int, steps: int = 30) -> dict:
     dev = torch.device("cuda", 0)
     torch.cuda.set_device(dev)
     torch.backends.cudnn.benchmark = True
-    root = jpeg_dataset(work / "micro-jpegs", classes=1, train_per_class=4 * BATCH, val_per_class=1)
+    root = jpeg_dataset(work / "micro-jpegs", classes=1, train_per_class=16 * BATCH, val_per_class=1)
     files = sorted(str(p) for p in (root / "train" / "c000").glob("*.jpg"))
     tags = np.arange(len(files), dtype=np.int64)
     threads = max(2, min(8, os.cpu_count() or 2))
@@ -422,10 +422,11 @@ def _saving_notes(s: dict) -> str:
     per_sample = statistics.median(t / n for t in f["train_seconds"][1:])  # a warm full epoch, per image
     excess = [t - per_sample * k for t, k in zip(d["train_seconds"][1:], d["subset"][1:])]
     peaks = [m for m in d["peak_mb"][1:] if m is not None]
+    held = [m for m in d["memory_mb"][1:] if m is not None]
     return (f"\n\nDaP's training loops took {sum(excess):.1f} s more than their subsets' share of a warm full epoch "
             f"(epochs 2-{len(d['subset'])}: " + ", ".join(f"{x:+.1f}" for x in excess) + " s)."
-            + (f" Peak memory allocated per epoch after the first: {min(peaks):.0f}..{max(peaks):.0f} MB "
-               f"(reserved memory shrinks when cuDNN's autotuner frees the cache for a workspace)." if peaks else ""))
+            + (f" Device memory per epoch after the first, as the subset shrinks: peak allocated "
+               f"{min(peaks):.0f}..{max(peaks):.0f} MB, reserved {min(held):.0f}..{max(held):.0f} MB." if peaks else ""))
 
 
 def render(g: dict) -> str:
@@ -452,7 +453,8 @@ def render(g: dict) -> str:
             + (f"; compiled **{g['compiled_synthetic_rate'] / A100_ANCHOR:.2f}x** on synthetic tensors, "
                f"**{g['compiled_fed_rate'] / A100_ANCHOR:.2f}x** fed by DALI (compiled / eager, side by side: "
                f"{g['compiled_synthetic_rate'] / g['synthetic_rate']:.2f}x; compiling took "
-               f"{g['compile_seconds']:.0f} s, once per process)" if "compiled_synthetic_rate" in g else "")
+               f"{g['compile_seconds']:.0f} s, once per process, with Inductor's on-disk cache as this machine "
+               f"had it)" if "compiled_synthetic_rate" in g else "")
             + " (goal: 2x). MLPerf's tuned MXNet+DALI runs reach about 7,200 img/s per H100. "
             + (f"torch.compile failed here: {g['compile_error']}. " if g.get("compile_error") else "")
             + f"A subset change, from a new file list to its first batch: "

@@ -14,9 +14,11 @@
 #   carry [.gpu/chunk.01] ... [.gpu/chunk.03]                           bash scripts/gpu_session.sh copy N
 #   carry [.gpu/chunk.04, .gpu/extra]                                   bash scripts/gpu_session.sh copy 4
 #   bash scripts/gpu_session.sh setup
-#   bash scripts/gpu_session.sh bench micro,matrix     (about 9 min on an H100)
-#   bash scripts/gpu_session.sh bench resume,saving    (about 7 min)
-# 30 minutes of device time fit this once; the machine is given back 30 s after a call ends.
+#   bash scripts/gpu_session.sh bench resume,saving    (about 7 min on an H100)
+#   bash scripts/gpu_session.sh bench micro            (about 3 min; a cold Inductor cache adds 1 min)
+#   bash scripts/gpu_session.sh bench matrix           (about 7 min)
+# 30 minutes of device time fit this once (23 min measured, 3 of them staging and building); the
+# machine is given back 30 s after a call ends. Parts a session does not run keep the repo's figures.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 G=/tmp/gpu
