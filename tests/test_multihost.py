@@ -24,19 +24,18 @@ from conftest import REPO, run
 
 pytestmark = pytest.mark.multirank
 EPOCHS = 8
-TRAIN = ["--epochs", str(EPOCHS), "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "none",
-         "--lr-steps", "none", "--batch-size", "16", "--no-progress", "--workers", "1", "--seed", "3"]
-# The ranks' environment on every host: one thread each (the single-host run has two ranks on
-# this host, the multi-host run one per host), no GPU.
+COMMON = ["--warmup", "1", "--interval", "1", "--keep", "0.7", "--lr-steps", "none", "--batch-size", "16",
+          "--no-progress", "--workers", "1", "--seed", "3"]
+TRAIN = ["--epochs", str(EPOCHS), "--reuse", "none", *COMMON]
 # The host-comes-back run must still be training when the host can rejoin: Horovod's discovery
 # (every second), the blacklist cool-down (1-2 s) and the notification take seconds, while an
 # epoch of TRAIN on this data takes well under one (TRAIN's 8 epochs once ended before the host
 # was back). So 20 epochs, whose DaP cycles hold 70% of the data and bring all of it back
 # (--reuse): every DaP event happens at both world sizes.
 ELASTIC_EPOCHS = 20
-ELASTIC_TRAIN = ["--epochs", str(ELASTIC_EPOCHS), "--warmup", "1", "--interval", "1", "--keep", "0.7", "--active", "2",
-                 "--reuse", "6,11,16", "--lr-steps", "none", "--batch-size", "16", "--no-progress", "--workers", "1",
-                 "--seed", "3"]
+ELASTIC_TRAIN = ["--epochs", str(ELASTIC_EPOCHS), "--active", "2", "--reuse", "6,11,16", *COMMON]
+# The ranks' environment on every host: one thread each (the single-host run has two ranks on
+# this host, the multi-host run one per host), no GPU.
 ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "NETWORK_INTERFACE": "eth0"}
 
 
