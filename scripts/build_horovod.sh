@@ -17,6 +17,10 @@
 #      falls back to the address the machine's hostname resolves to. Where that is a loopback
 #      address (Debian's 127.0.1.1 entry, or hosts sharing a hostname) ranks on other hosts are
 #      told to connect to 127.0.0.1 and the job dies at start. We copy the global context's.
+#  (e) The launcher's RendezvousHandler.do_DELETE (horovod/runner/http/http_server.py) clears the
+#      finished lists of every scope when one scope finishes. A job that calls hvd.shutdown() and
+#      hvd.init() again then counts stale finishers, a scope's key cache is cleared while peers
+#      still read it, and ranks get "Connection refused". We drop only the finished scope's list.
 #
 # The nccl flavor builds against the NCCL that torch's wheel brings (nvidia-nccl-cu13), so the
 # image has one NCCL: header and library from the same release. That wheel is a namespace
@@ -114,6 +118,11 @@ sed -i '/^constexpr std::chrono::milliseconds Store::kDefaultTimeout;$/d' \
 patch_file horovod/common/gloo/gloo_context.cc \
   's/^  assert(global_context.IsEnabled());$/&\n  gloo_iface_ = global_context.gloo_iface_;  \/\/ dap-hvd fix (d)/' \
   "gloo_iface_ = global_context.gloo_iface_;"
+
+# (e)
+patch_file horovod/runner/http/http_server.py \
+  's/^                        self.server.finished_list.clear()$/                        self.server.finished_list.pop(scope, None)  # dap-hvd fix (e)/' \
+  "finished_list.pop(scope, None)  # dap-hvd fix (e)"
 
 if [ -n "$CONFIGURE_ONLY" ]; then  # what the image build depends on, checked without a GPU or a build
   [ "$FLAVOR" = nccl ] || die "--configure-only checks the nccl flavor"
