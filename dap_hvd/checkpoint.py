@@ -63,6 +63,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a checkpoint file holds, from its name (epoch-NNNN.pt)."""
+    m = _NAME.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not named like a checkpoint (epoch-NNNN.pt)")
+    return int(m.group(1))
+
+
 def remove_stale_temps(run_dir: Path) -> list[Path]:
     """Temp files a killed save left behind (only the writer, rank 0, calls this)."""
     d = checkpoint_dir(run_dir)

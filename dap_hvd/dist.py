@@ -134,12 +134,17 @@ def distributed_optimizer(optimizer, model: torch.nn.Module, fp16_allreduce: boo
                                     compression=compression, op=hvd.Average)
 
 
-def broadcast_training_state(model: torch.nn.Module, optimizer, scaler=None) -> None:
-    """Make every replica rank 0's: optimizer state, then parameters and buffers, then the
-    GradScaler. The order matters: on a rank whose optimizer state is empty (every rank but 0 on
-    a resume), broadcast_optimizer_state runs a zero-gradient step() to create it, and weight
-    decay then moves the parameters; broadcasting them afterwards undoes that."""
-    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+def broadcast_training_state(model: torch.nn.Module, optimizer, scaler=None, *, resumed: bool) -> None:
+    """Make every replica rank 0's: optimizer state (only when `resumed`), then parameters and
+    buffers, then the GradScaler.
+
+    A fresh run has no optimizer state to share: every rank's is empty, and stays so until the
+    first step. broadcast_optimizer_state would create it with a zero-gradient step() on every
+    rank, rank 0 included: weight decay would shrink rank 0's (and so everyone's) initial weights
+    by (1 - lr*wd) and pre-fill the momentum buffers. On a resume only rank 0 holds the state;
+    the other ranks take that phantom step, and the parameters broadcast after it undo it."""
+    if resumed:
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     if scaler is not None:  # scalars only: rank 0's scale and growth tracker for everyone
         state = broadcast_json(_scaler_json(scaler) if hvd.rank() == 0 else None, name="scaler")

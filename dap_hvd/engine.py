@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import get_total_norm
 
 from dap_hvd.ledger import LossLedger
 from dap_hvd.data.spec import Loader
@@ -58,8 +60,10 @@ class Precision:
 class EpochStats:
     samples: int  # trained by this rank, padding included
     steps: int
-    loss_sum: float  # sum of per-sample training losses (valid samples)
+    loss_sum: float  # sum of per-sample training losses (valid samples of the steps taken)
     loss_count: int
+    skipped_steps: int  # --amp fp16: steps the GradScaler skipped (inf/NaN gradients); their losses are left out
+    finite_parameters: bool  # every parameter finite after the epoch (a NaN model must never be saved as good)
     seconds: float
     data_seconds: float  # time spent waiting for the loader
     last_lr: float
@@ -71,7 +75,7 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
                     step_scale: float = 1.0, ledger: Optional[LossLedger] = None,
                     weight_of: Optional[torch.Tensor] = None, scaler: Optional["torch.amp.GradScaler"] = None,
                     max_steps: Optional[int] = None, progress=None, metrics=None,
-                    compiled: Optional[nn.Module] = None) -> EpochStats:
+                    compiled: Optional[nn.Module] = None, batch_size: Optional[int] = None) -> EpochStats:
     """One pass over `loader`. `global_step` is where this epoch starts in the plan, so the LR
     follows the plan's epoch boundaries whatever happened before (a resume, another world size).
     Step k of the epoch takes the LR at global_step + k * step_scale: 1 where the plan knew the
@@ -87,11 +91,20 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
 
     `compiled` (torch.compile of `model`, sharing its parameters) runs the full batches. The
     last, partial batch runs `model` eagerly: a graph compiled for one batch size would be
-    recompiled for each epoch's new last size, which costs more than the eager step saves."""
+    recompiled for each epoch's new last size, which costs more than the eager step saves.
+
+    `batch_size` is the configured per-rank batch: a batch is full when it has that many samples.
+    (Without it, the first batch's size: wrong for a shard smaller than one batch, whose only
+    batch is partial, and has a new size every epoch.)
+
+    Under fp16 (`scaler`), a step whose gradients overflow is skipped by the GradScaler: that is
+    its loss-scale search, not divergence. Such steps are counted on the device, their losses
+    left out of `loss_sum`, so the caller's finiteness check sees only the steps taken."""
     model.train()
     dev = precision.device
     loss_sum = torch.zeros((), device=dev)
     loss_count = torch.zeros((), device=dev, dtype=torch.int64)
+    skipped = torch.zeros((), device=dev, dtype=torch.int64)
     samples = steps = full = 0
     start = global_step
     lr = lr_schedule(start)
@@ -108,7 +121,7 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
         indices, valid = decode_labels(batch.tags.to(dev, non_blocking=True))
         targets = class_of[indices]
 
-        full = full or len(batch.tags)  # the loader's batch size: every batch but the last
+        full = batch_size or full or len(batch.tags)
         is_full = len(batch.tags) == full
         net = compiled if compiled is not None and is_full else model
         with precision.kernels(tuned=is_full):
@@ -118,10 +131,12 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
             logits = logits.float()  # losses in fp32, also under bf16/fp16 autocast
             per_sample = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
             loss = per_sample.mean() if weight_of is None else (per_sample * weight_of[indices]).mean()
+            taken = None
             if scaler is not None:  # fp16: unscale after Horovod's allreduce, step without a 2nd sync
                 scaler.scale(loss).backward()
                 optimizer.synchronize()
                 scaler.unscale_(optimizer)
+                taken = gradients_finite(optimizer)  # the scaler's own test: it skips the step otherwise
                 with optimizer.skip_synchronize():
                     scaler.step(optimizer)
                 scaler.update()
@@ -132,9 +147,13 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
         if ledger is not None:
             score = per_sample if label_smoothing == 0 else F.cross_entropy(logits.detach(), targets, reduction="none")
             ledger.record(indices, score, valid)
-        vmask = valid.to(per_sample.dtype)
-        loss_sum += (per_sample.detach() * vmask).sum()
-        loss_count += valid.sum()
+        # where, not a product: a NaN padding loss times 0 would still be NaN
+        batch_loss, batch_count = torch.where(valid, per_sample.detach(), 0.0).sum(), valid.sum()
+        if taken is not None:
+            batch_loss, batch_count = torch.where(taken, batch_loss, 0.0), batch_count * taken
+            skipped += ~taken
+        loss_sum += batch_loss
+        loss_count += batch_count
         n = images.shape[0]
         samples += n
         steps += 1
@@ -146,12 +165,48 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
         if max_steps is not None and steps >= max_steps:
             break
     return EpochStats(samples=samples, steps=steps, loss_sum=float(loss_sum),
-                      loss_count=int(loss_count), seconds=time.perf_counter() - t_start,
+                      loss_count=int(loss_count), skipped_steps=int(skipped),
+                      finite_parameters=bool(_max_abs(list(model.parameters())).isfinite()),
+                      seconds=time.perf_counter() - t_start,
                       data_seconds=data_seconds, last_lr=lr, global_step=start + steps * step_scale)
 
 
+# Below this loss scale, fp16 gradients overflow even unscaled: a GradScaler that skipped every
+# step of an epoch and got here is not searching for a scale any more (it starts at 2^16 and
+# halves per skipped step), the model itself overflows.
+MIN_LOSS_SCALE = 1.0
+
+
+def divergence(loss_sum: float, *, nonfinite_parameters: bool, skipped: int, steps: int,
+               loss_scale: Optional[float]) -> Optional[str]:
+    """What says an epoch diverged, from its all-ranks totals, or None. A step the fp16 GradScaler
+    skipped is not divergence (its loss is not in `loss_sum`); a whole epoch of skipped steps
+    with the scale run down is."""
+    if not math.isfinite(loss_sum):
+        return f"the training loss is {loss_sum}"
+    if nonfinite_parameters:
+        return "the model's parameters are no longer finite"
+    if loss_scale is not None and steps and skipped >= steps and loss_scale < MIN_LOSS_SCALE:
+        return (f"the fp16 GradScaler skipped every step (inf/NaN gradients), and its loss scale fell to "
+                f"{loss_scale:.3g}")
+    return None
+
+
+def _max_abs(tensors: list) -> torch.Tensor:
+    """max |x| over the tensors, on their device: NaN if any is NaN, inf if any is inf (the max
+    norm cannot overflow, unlike the 2-norm of large finite values). No host sync."""
+    return get_total_norm(tensors, norm_type=float("inf")) if tensors else torch.zeros(())
+
+
+def gradients_finite(optimizer) -> torch.Tensor:
+    """A device bool: every gradient the optimizer would apply is finite."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    return _max_abs(grads).isfinite()
+
+
 @torch.no_grad()
-def evaluate(*, model: nn.Module, loader: Loader, class_of: torch.Tensor, precision: Precision) -> torch.Tensor:
+def evaluate(*, model: nn.Module, loader: Loader, class_of: torch.Tensor, precision: Precision,
+             batch_size: Optional[int] = None) -> torch.Tensor:
     """Counts [top1_correct, top5_correct, samples] over this rank's valid samples. The caller
     sums them across ranks, so the accuracy is exact, not an average of per-rank averages.
     The caller averages BatchNorm statistics across ranks first (dist.average_batchnorm), so every
@@ -164,7 +219,7 @@ def evaluate(*, model: nn.Module, loader: Loader, class_of: torch.Tensor, precis
         images = precision.to_device(batch.images)
         indices, valid = decode_labels(batch.tags.to(dev))
         targets = class_of[indices]
-        full = full or len(batch.tags)
+        full = batch_size or full or len(batch.tags)
         with precision.kernels(tuned=len(batch.tags) == full), precision.autocast():
             logits = model(images)
         k = min(5, logits.shape[1])

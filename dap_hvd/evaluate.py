@@ -2,8 +2,10 @@
 
 A checkpoint carries its resolved config and the training class names, so it evaluates the
 same way on its own, as one process or under horovodrun/mpirun (the counts are summed across
-ranks). The run's BatchNorm statistics were averaged across ranks before it was saved, so the
-result equals the top-1 the run reported for that epoch.
+ranks). The run's BatchNorm statistics were averaged across ranks before it was saved, the model
+is rebuilt as the trainer built it (build_eval_model: the fp32 classifier head included), and the
+validation samples the run skipped as bad (--on-bad-sample skip) are skipped again, so the result
+equals the top-1 the run reported for that epoch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from dap_hvd import DapError, dist
@@ -20,7 +23,7 @@ from dap_hvd.data.catalog import load_catalog
 from dap_hvd.checkpoint import list_checkpoints
 from dap_hvd.config import load_config
 from dap_hvd.data.loaders import Loaders
-from dap_hvd.models import build_model
+from dap_hvd.models import build_classifier
 from dap_hvd.train import _pin_device, _precision, ensure_data, evaluate_split
 
 
@@ -45,7 +48,26 @@ def load_for_eval(path: Path) -> dict:
     if "config" not in meta or "classes" not in meta:
         raise DapError(f"evaluate: {path} was written by an older dap_hvd and lacks its config; "
                        f"it cannot be evaluated on its own")
-    return {"model": ckpt["model"], "meta": meta}
+    excluded = ckpt.get("val_excluded")  # absent in checkpoints from before it was stored
+    return {"model": ckpt["model"], "meta": meta,
+            "val_excluded": np.zeros(0, np.int64) if excluded is None else excluded.numpy().astype(np.int64)}
+
+
+def build_eval_model(meta: dict) -> torch.nn.Module:
+    """The checkpoint's network, built as the trainer built it (models.build_classifier), so on
+    a GPU the classifier head runs in fp32 under autocast here too, as it did in the run."""
+    return build_classifier(meta["model"], len(meta["classes"]), zero_gamma=False)
+
+
+def usable_val(num_val: int, val_digest: str, meta: dict, excluded: np.ndarray, path: Path) -> np.ndarray:
+    """The validation indices the run scored: all but those it skipped as bad. The indices only
+    mean the same files in the same catalog (relative paths and labels), so a different one is
+    refused rather than scored on another set."""
+    if len(excluded) and meta.get("val_digest") not in (None, val_digest):
+        raise DapError(f"evaluate: the run skipped {len(excluded)} bad validation file(s), but this validation "
+                       f"split's file list differs from the run's, so the run's top-1 cannot be reproduced on it "
+                       f"({path})")
+    return np.setdiff1d(np.arange(num_val, dtype=np.int64), excluded)
 
 
 def main(target: str, overrides: dict, as_json: bool, comm=None) -> int:
@@ -61,13 +83,14 @@ def main(target: str, overrides: dict, as_json: bool, comm=None) -> int:
         val_cat = load_catalog(root, "val", cfg.data.val_list).labelled_by(classes, str(path),
                                                                            named=meta.get("classes_named", True))
         dist.check_same_dataset("val", val_cat.digest(), val_cat.paths)
-        model = build_model(meta["model"], len(classes), zero_gamma=False)
+        usable = usable_val(len(val_cat), val_cat.digest(), meta, ckpt["val_excluded"], path)
+        model = build_eval_model(meta)
         model.load_state_dict(ckpt["model"])
         model = model.to(device)
         loaders = Loaders(cfg.data.loader)
         try:
             acc = evaluate_split(cfg, world, meta["epoch"], model, val_cat, torch.from_numpy(val_cat.labels).to(device),
-                                 _precision(cfg, device), loaders)
+                                 _precision(cfg, device), loaders, usable)
         finally:
             loaders.close()
         if world.is_root:

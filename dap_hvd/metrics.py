@@ -58,6 +58,10 @@ class Metrics:
         self.weighted = gauge("dap_weighted_samples", "Samples of the last epoch whose loss weight was not 1 "
                               "(InfoBatch's rescaled samples).")
         self.scored = gauge("dap_scored_samples", "Samples with a score in the per-sample score table.")
+        # ---- divergence accounting (issue #23, helper c23c): a separate block for an easy merge
+        self.amp_skipped_steps = counter("dap_amp_skipped_steps_total",
+                                         "Optimizer steps the fp16 GradScaler skipped (inf/NaN gradients).")
+        # ----
         self._server = None
         if self.port:
             try:

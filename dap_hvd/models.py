@@ -30,6 +30,12 @@ def fp32_classifier(model: nn.Module) -> nn.Module:
     return model
 
 
+def build_classifier(name: str, num_classes: int, zero_gamma: bool = True) -> nn.Module:
+    """The network as training runs it, fp32 head included: what the trainer trains and scores,
+    and what `dap-hvd evaluate` rebuilds (evaluate.build_eval_model), so both compute the same logits."""
+    return fp32_classifier(build_model(name, num_classes, zero_gamma=zero_gamma))
+
+
 def build_model(name: str, num_classes: int, zero_gamma: bool = True) -> nn.Module:
     if name == "mobilenet_v1":
         return MobileNetV1(num_classes)

@@ -25,17 +25,17 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dap_hvd import ConfigError, DataError, DapError, dist
+from dap_hvd import ConfigError, DataError, DapError, DivergedError, dist
 from dap_hvd.data.catalog import Catalog, cache_root, load_catalog
-from dap_hvd.checkpoint import load_latest, remove_stale_temps, save_checkpoint
+from dap_hvd.checkpoint import checkpoint_epoch, list_checkpoints, load_latest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
 from dap_hvd.devices import gpu_index
-from dap_hvd.engine import Precision, evaluate, train_one_epoch
+from dap_hvd.engine import Precision, divergence, evaluate, train_one_epoch
 from dap_hvd.ledger import LossLedger
 from dap_hvd.data.loaders import Loaders
 from dap_hvd.data.spec import BadSampleError, LoaderError, LoaderSpec
 from dap_hvd.lr import build_lr_schedule
-from dap_hvd.models import build_model, fp32_classifier, param_groups
+from dap_hvd.models import build_classifier, param_groups
 from dap_hvd.policy.policies import Context, Policy, Selection, check_finite, selection_digest
 from dap_hvd.policy.schedule import DROP, PICK, DapState, Plan
 from dap_hvd.policy.scores import ScoreTable
@@ -55,7 +55,8 @@ class RunState:
     policy_state: Optional[DapState] = None  # DaP's T_start / T_prev; None for the other policies
     history: list = field(default_factory=list)
     samples_trained: int = 0
-    wall_seconds: float = 0.0
+    epoch_seconds: float = 0.0  # the epochs' own time, summed (start-up, rolled-back work excluded)
+    elapsed_seconds: float = 0.0  # wall clock from start-up, over every job of the run (see Clock)
     run_id: str = ""
     replicas: dict = field(default_factory=dict)  # per-rank state digests, checked equal
     memberships: list = field(default_factory=list)  # --elastic: each (re)start's world and rollback
@@ -94,14 +95,30 @@ class Run:
     compiled: Optional[torch.nn.Module] = None  # --compile: `model` compiled, for full training batches
     lr_schedule: object = None
     metrics: object = None
+    full_epoch_steps: int = 0  # steps of an all-data epoch: the unit of --lr-warmup-epochs, for every policy
+    clock: Optional["Clock"] = None
+
+
+@dataclass
+class Clock:
+    """The run's elapsed wall-clock time: the earlier jobs' (from the checkpoint this job resumed)
+    plus this job's since its start-up. It lives for the whole job, so an --elastic re-formation
+    does not reset it to a commit's value."""
+
+    started: float = field(default_factory=time.monotonic)
+    before: Optional[float] = None  # set once, by the job's first resume (0.0 on a fresh run)
+
+    def elapsed(self) -> float:
+        return (self.before or 0.0) + time.monotonic() - self.started
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or a scheduler's SIGTERM, with the last epoch that was checkpointed."""
+    """Ctrl-C or a scheduler's SIGTERM, with the newest checkpoint on disk (the one --resume
+    continues), not the epoch that was running or being saved."""
 
-    def __init__(self, epoch: int):
+    def __init__(self, epoch: int, checkpoint: Optional[Path] = None):
         super().__init__(epoch)
-        self.epoch = epoch
+        self.epoch, self.checkpoint = epoch, checkpoint
 
 
 @dataclass
@@ -123,6 +140,7 @@ class RunLog:
 
 
 def main(cfg: TrainConfig, comm=None) -> int:
+    clock = Clock()
     world = dist.init(comm)
     run_dir = Path(cfg.resume or cfg.out)
     _setup_logging(world)
@@ -135,16 +153,17 @@ def main(cfg: TrainConfig, comm=None) -> int:
                 # Plain horovodrun/mpirun cannot re-form the job after a loss: a reset would wait forever.
                 raise ConfigError("--elastic: needs horovodrun's elastic mode (--min-np/--max-np with "
                                   "--host-discovery-script); launch/elastic.sh starts it")
-            summary = dist.run_elastic(lambda elastic: run(cfg, dist.current_world(), run_dir, runlog, elastic))
+            summary = dist.run_elastic(lambda elastic: run(cfg, dist.current_world(), run_dir, runlog, elastic,
+                                                           clock))
             world = dist.current_world()
         else:
-            summary = run(cfg, world, run_dir, runlog)
+            summary = run(cfg, world, run_dir, runlog, clock=clock)
         if world.is_root:
             low, high = summary["compute_ratio_planned_min"], summary["compute_ratio_planned_max"]
             log.info("done: top1 %.4f top5 %.4f, compute %.3f of full data (planned %s), %.1fs -> %s",
                      summary["top1"], summary["top5"], summary["compute_ratio_measured"],
-                     f"{high:.3f}" if low == high else f"{low:.3f}..{high:.3f}", summary["wall_seconds"],
-                     run_dir / "summary.json")
+                     f"{high:.3f}" if low == high else f"{low:.3f}..{high:.3f}, the lower bound in expectation",
+                     summary["elapsed_seconds"], run_dir / "summary.json")
         return 0
     except DapError as e:
         runlog.fatal(world, f"dap-hvd train: error on rank {world.rank}: {e}")
@@ -165,7 +184,8 @@ def main(cfg: TrainConfig, comm=None) -> int:
         raise
     except KeyboardInterrupt as e:
         if world.is_root:
-            where = f"after epoch {e.epoch}" if isinstance(e, Interrupted) and e.epoch else "before the first epoch ended"
+            where = f"after epoch {e.epoch} (newest checkpoint: {e.checkpoint})" \
+                if isinstance(e, Interrupted) and e.epoch else "before the first epoch ended"
             hint = f"resume with: dap-hvd train --resume {run_dir}" if isinstance(e, Interrupted) and e.epoch \
                 else "nothing was checkpointed"
             runlog.fatal(world, f"dap-hvd train: interrupted {where}; {hint}")
@@ -175,7 +195,7 @@ def main(cfg: TrainConfig, comm=None) -> int:
 
 
 def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[RunLog] = None,
-        elastic: Optional[dist.ElasticCommit] = None) -> dict:
+        elastic: Optional[dist.ElasticCommit] = None, clock: Optional[Clock] = None) -> dict:
     """The run, from its start or its last checkpoint. Under --elastic this is called again after
     every membership change, with the world as it is then and the last commit in `elastic`."""
     runlog = runlog or RunLog()
@@ -195,17 +215,21 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
             log.warning("removed %d temporary file(s) a killed checkpoint save left in %s", len(stale),
                         run_dir / "checkpoints")
     state = _resume(r, committed)
+    r.clock = clock or Clock()
+    if r.clock.before is None:
+        r.clock.before = state.elapsed_seconds
     if elastic is not None:
         _note_membership(r, state, elastic)
     runlog.path = run_dir / "train.log"
     # Rank 0's replica for everyone, then proof of it: every rank's full state must hash alike.
-    dist.broadcast_training_state(r.model, r.optimizer, r.scaler)
+    dist.broadcast_training_state(r.model, r.optimizer, r.scaler, resumed=state.epoch > 0)
     state.replicas["start"] = dist.check_replicas(r.model, r.scaler, when="start-up broadcast")
     if world.is_root:
         _write_run_files(cfg, run_dir, r.base_lr)
         log.info("%s: %d ranks x batch %d, lr %.4g, %s on %s, %d train / %d val samples, %d classes; planned compute %s",
                  cfg.strategy, world.size, cfg.data.batch_size, r.base_lr, cfg.model_name, r.precision.device,
-                 len(r.universe), len(r.val_cat), r.train_cat.num_classes, r.plan.describe())
+                 len(r.universe), len(r.val_cat), r.train_cat.num_classes,
+                 r.plan.describe() + ("" if r.plan.exact else " (the lower bound in expectation)"))
         if len(r.excluded):
             log.warning("skipping %d bad training sample(s) (--on-bad-sample skip); see verify-data", len(r.excluded))
         _warn_about_setup(r)
@@ -224,11 +248,13 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
         if cfg.metrics_port and cfg.metrics_linger:
             time.sleep(cfg.metrics_linger)  # let Prometheus take a last scrape of the final values
     except KeyboardInterrupt:
-        raise Interrupted(state.epoch) from None
+        ckpts = list_checkpoints(run_dir) if world.is_root else []
+        raise Interrupted(checkpoint_epoch(ckpts[-1]) if ckpts else 0, ckpts[-1] if ckpts else None) from None
     finally:
         r.metrics.close()
         r.loaders.close()
     state.replicas["end"] = dist.check_replicas(r.model, r.scaler, when="end of training")
+    state.elapsed_seconds = r.clock.elapsed()
     summary = _summary(r, state)
     if world.is_root:
         _write_json(run_dir / "summary.json", summary)
@@ -303,7 +329,7 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
 
     # ---- model, recipe (Bag of Tricks), Horovod optimizer
     # fp32 logits, also under autocast: the selection ranks samples by losses computed from them
-    model = fp32_classifier(build_model(cfg.model_name, train_cat.num_classes, zero_gamma=cfg.optim.zero_gamma))
+    model = build_classifier(cfg.model_name, train_cat.num_classes, zero_gamma=cfg.optim.zero_gamma)
     if cfg.optim.sync_bn:
         if device.type != "cuda":
             raise ConfigError(f"--sync-bn: Horovod's SyncBatchNorm runs on GPUs only, and rank {world.rank} has none")
@@ -329,8 +355,10 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
     the_plan = policy.plan(len(universe))
     epoch_steps = [math.ceil(math.ceil(e.size / world.size) / cfg.data.batch_size) for e in the_plan.epochs]
     planned_min, planned_max = [e.low_size for e in the_plan.epochs], [e.size for e in the_plan.epochs]
+    full_steps = math.ceil(math.ceil(len(universe) / world.size) / cfg.data.batch_size)
     if cfg.max_steps_per_epoch:
         epoch_steps = [min(s, cfg.max_steps_per_epoch) for s in epoch_steps]
+        full_steps = min(full_steps, cfg.max_steps_per_epoch)
         cap = cfg.max_steps_per_epoch * cfg.data.batch_size * world.size
         planned_min, planned_max = [min(n, cap) for n in planned_min], [min(n, cap) for n in planned_max]
     starts = [0]
@@ -342,7 +370,7 @@ def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
                val_class_of=torch.from_numpy(val_cat.labels).to(device), model=model, optimizer=optimizer,
                scaler=scaler, base_lr=base_lr, plan=the_plan, epoch_starts=starts, grid_steps=epoch_steps,
                planned_min=planned_min, planned_max=planned_max, loaders=Loaders(cfg.data.loader), compiled=compiled,
-               lr_schedule=_lr_schedule(cfg, base_lr, epoch_steps))
+               lr_schedule=_lr_schedule(cfg, base_lr, epoch_steps, full_steps), full_epoch_steps=full_steps)
 
 
 def ensure_data(cfg: TrainConfig, world: dist.World) -> Path:
@@ -355,9 +383,11 @@ def ensure_data(cfg: TrainConfig, world: dist.World) -> Path:
     return cfg.data_root
 
 
-def _lr_schedule(cfg: TrainConfig, base_lr: float, epoch_steps: list):
+def _lr_schedule(cfg: TrainConfig, base_lr: float, epoch_steps: list, full_epoch_steps: int):
+    # The warm-up is in all-data epochs (as --lr-warmup-epochs says), whatever the policy trains
+    # in its first epoch: RS2's first epoch is already its reduced one.
     return build_lr_schedule(base_lr=base_lr, epoch_steps=epoch_steps, warmup_epochs=cfg.lr_warmup_epochs,
-                             full_epoch_steps=epoch_steps[0], lr_steps=cfg.lr_steps, mode=cfg.optim.lr_schedule)
+                             full_epoch_steps=full_epoch_steps, lr_steps=cfg.lr_steps, mode=cfg.optim.lr_schedule)
 
 
 def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
@@ -384,7 +414,7 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
                                 class_of=r.class_of, precision=r.precision, ledger=ledger,
                                 weight_of=_weights_on_device(r, selection), scaler=r.scaler,
                                 max_steps=cfg.max_steps_per_epoch, progress=progress, metrics=r.metrics,
-                                compiled=r.compiled)
+                                compiled=r.compiled, batch_size=cfg.data.batch_size)
     except (BadSampleError, LoaderError) as e:
         raise _explain_bad_data(e, world, r.train_cat, shard.indices) from None
     finally:
@@ -394,6 +424,20 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
             progress.close()
     if stats.steps != steps:
         raise RuntimeError(f"rank {world.rank}: epoch {epoch} ran {stats.steps} steps, expected {steps}")
+
+    # ---- exact global counts: sum over ranks, never average per-rank averages. The sums are the
+    # same on every rank, so a diverged run stops on every rank together, before any of it is saved.
+    totals = dist.allreduce_sum(torch.tensor([stats.samples, stats.loss_sum, stats.loss_count, stats.skipped_steps,
+                                              float(not stats.finite_parameters), stats.steps], dtype=torch.float64),
+                                name=f"epoch.{epoch}.totals")
+    samples, loss_sum, loss_count = int(totals[0]), float(totals[1]), max(1.0, float(totals[2]))
+    skipped_steps = int(totals[3]) // world.size  # every rank skips the same steps (same averaged gradients)
+    problem = divergence(loss_sum, nonfinite_parameters=float(totals[4]) > 0, skipped=int(totals[3]),
+                         steps=int(totals[5]), loss_scale=r.scaler.get_scale() if r.scaler is not None else None)
+    if problem:
+        fix = "--amp bf16 in place of fp16, or a lower --lr" if r.scaler is not None else "a lower --lr"
+        raise DivergedError(f"epoch {epoch}: {problem}: the run has diverged, and stops without saving epoch "
+                            f"{epoch}; try {fix} (base LR {r.base_lr:.4g}), or a longer --lr-warmup-epochs")
 
     # ---- scores into the table (every rank), the policy's next selection (rank 0, broadcast)
     t_sel, sel_bytes, scores_digest = time.perf_counter(), 0, None
@@ -412,10 +456,6 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
     sel_bytes += shared.bytes_sent
     sel_seconds = time.perf_counter() - t_sel
 
-    # ---- exact global counts: sum over ranks, never average per-rank averages
-    totals = dist.allreduce_sum(torch.tensor([stats.samples, stats.loss_sum, stats.loss_count], dtype=torch.float64),
-                                name=f"epoch.{epoch}.totals")
-    samples, loss_sum, loss_count = int(totals[0]), float(totals[1]), max(1.0, float(totals[2]))
     # One model on every rank from here: what is evaluated is what is saved.
     dist.average_batchnorm(r.model)
     acc, t_eval = None, time.perf_counter()
@@ -426,7 +466,8 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
     state.epoch = epoch
     state.samples_trained += samples
     seconds = time.perf_counter() - t0
-    state.wall_seconds += seconds
+    state.epoch_seconds += seconds
+    state.elapsed_seconds = r.clock.elapsed()
     subset = len(selection.indices)
     padding = len(shard.indices) * world.size - subset  # wrap-around duplicates, all ranks
     weighted = 0 if selection.weights is None else int(np.count_nonzero(selection.weights != 1))
@@ -436,6 +477,7 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
                   lr=stats.last_lr, top1=None if acc is None else acc.top1,
                   top5=None if acc is None else acc.top5, seconds=seconds, eval_seconds=eval_seconds,
                   train_seconds=stats.seconds, data_wait_seconds=stats.data_seconds, world_size=world.size,
+                  skipped_steps=skipped_steps,
                   after=after, selection_seconds=sel_seconds, **_device_memory(r.precision.device))
     state.history.append(record)
     _publish(r, state, record, stats, wants_scores or after == DROP, sel_seconds, sel_bytes)
@@ -519,6 +561,7 @@ def _publish(r: Run, state: RunState, record: dict, stats, dropped: bool, sel_se
     m.kept_fraction.set(record["subset"] / len(r.universe))
     m.compute_ratio.set(state.samples_trained / (len(r.universe) * state.epoch))
     m.weighted.set(record["weighted"])
+    m.amp_skipped_steps.inc(record["skipped_steps"])
     m.scored.set(state.scores.scored())
     if dropped:
         m.selection_seconds.observe(sel_seconds)
@@ -547,7 +590,8 @@ def evaluate_split(cfg, world, epoch, model, val_cat, val_class_of, precision, l
     try:
         loader = loaders.open(_spec(cfg, val_cat, shard.indices, shard.encoded_labels(), False, cfg.seed,
                                     precision, world))
-        counts = evaluate(model=model, loader=loader, class_of=val_class_of, precision=precision)
+        counts = evaluate(model=model, loader=loader, class_of=val_class_of, precision=precision,
+                          batch_size=cfg.data.batch_size)
     except (BadSampleError, LoaderError) as e:
         raise _explain_bad_data(e, world, val_cat, shard.indices) from None
     finally:
@@ -726,7 +770,8 @@ def _resume(r: Run, committed: Optional[dict] = None) -> RunState:
     state.epoch = shared["epoch"]
     state.policy_state = None if shared["policy_state"] is None else DapState(**shared["policy_state"])
     state.history, state.samples_trained = shared["history"], shared["samples_trained"]
-    state.wall_seconds, state.run_id = shared["wall_seconds"], shared["run_id"]
+    state.epoch_seconds = shared.get("epoch_seconds", shared.get("wall_seconds", 0.0))  # wall_seconds: before 0.2
+    state.elapsed_seconds, state.run_id = shared.get("elapsed_seconds", state.epoch_seconds), shared["run_id"]
     state.memberships = shared.get("memberships", [])
     _restore_rng(world, ckpt, shared)
     old_gb, old_ws, new_gb = shared.get("global_batch"), shared.get("world_size"), cfg.data.batch_size * world.size
@@ -735,7 +780,7 @@ def _resume(r: Run, committed: Optional[dict] = None) -> RunState:
         # The schedule is rebuilt on the new step counts, so decays stay at the same epochs.
         r.base_lr = shared["base_lr"] * new_gb / old_gb
         epoch_steps = [b - a for a, b in zip(r.epoch_starts, r.epoch_starts[1:])]
-        r.lr_schedule = _lr_schedule(cfg, r.base_lr, epoch_steps)
+        r.lr_schedule = _lr_schedule(cfg, r.base_lr, epoch_steps, r.full_epoch_steps)
     if world.is_root:
         if old_gb is not None and (old_ws, old_gb) != (world.size, new_gb):
             log.warning("resume: %d ranks x batch %d now, %d x %d before: LR %.4g -> %.4g (linear rule in the "
@@ -823,11 +868,13 @@ def _checkpoint_payload(r: Run, state: RunState, rng: dict) -> dict:
     ps = state.policy_state
     meta = dict(epoch=state.epoch, policy_state=None if ps is None else dict(t_start=ps.t_start, t_prev=ps.t_prev),
                 policy=_policy_params(cfg), weighted=state.selection.weights is not None,
-                history=state.history, samples_trained=state.samples_trained, wall_seconds=state.wall_seconds,
+                history=state.history, samples_trained=state.samples_trained, epoch_seconds=state.epoch_seconds,
+                elapsed_seconds=state.elapsed_seconds,
                 memberships=state.memberships, run_id=state.run_id, strategy=cfg.strategy, seed=cfg.seed, model=cfg.model_name,
                 schedule=cfg.schedule.to_dict(), lr_steps=list(cfg.lr_steps), world_size=r.world.size,
                 global_batch=cfg.data.batch_size * r.world.size, base_lr=r.base_lr,
                 dataset_digest=r.dataset_digest, num_samples=int(len(r.universe)), excluded=int(len(r.excluded)),
+                val_digest=r.val_cat.digest(),
                 classes=list(r.train_cat.classes), classes_named=r.train_cat.named, rng_keys=sorted(rng),
                 config=_resolved_config(cfg, r.base_lr))
     return {"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
@@ -837,6 +884,8 @@ def _checkpoint_payload(r: Run, state: RunState, rng: dict) -> dict:
                                                              is not None else [], dtype=np.float32)),
             "scores": torch.from_numpy(state.scores.loss), "scored_epoch": torch.from_numpy(state.scores.epoch),
             "excluded": torch.from_numpy(np.asarray(r.excluded, dtype=np.int64)),
+            # the validation samples this run skipped as bad: `evaluate` scores the same set
+            "val_excluded": torch.from_numpy(np.setdiff1d(np.arange(len(r.val_cat), dtype=np.int64), r.val_usable)),
             "state": json.dumps(meta), **rng}
 
 
@@ -856,6 +905,9 @@ def _summary(r: Run, state: RunState) -> dict:
         "compute_ratio_planned": sum(r.planned_max[:done]) / (n * done) if r.plan.exact else None,
         "compute_ratio_planned_min": sum(r.planned_min[:done]) / (n * done),
         "compute_ratio_planned_max": sum(r.planned_max[:done]) / (n * done),
+        # InfoBatch prunes by a coin flip per sample: its "min" is the expected size when all but one
+        # sample score below the mean, so a run can measure less
+        "compute_ratio_planned_min_note": None if r.plan.exact else "in expectation: the measured ratio can be lower",
         "compute_ratio_planned_run": sum(r.planned_max) / (n * cfg.schedule.epochs) if r.plan.exact else None,
         "compute_ratio_planned_run_bounds": [sum(r.planned_min) / (n * cfg.schedule.epochs),
                                              sum(r.planned_max) / (n * cfg.schedule.epochs)],
@@ -863,8 +915,12 @@ def _summary(r: Run, state: RunState) -> dict:
         "score_table": {"scored": state.scores.scored(), "bytes": state.scores.nbytes,
                         "digest": state.scores.digest()},
         "samples_trained": state.samples_trained, "epochs_completed": state.epoch, "epochs": state.history,
+        # --amp fp16: optimizer steps the GradScaler skipped (inf/NaN gradients), over the whole run
+        "amp_skipped_steps": sum(h.get("skipped_steps", 0) for h in state.history),
         "top1": evals[-1]["top1"] if evals else None, "top5": evals[-1]["top5"] if evals else None,
-        "wall_seconds": state.wall_seconds, "host": socket.gethostname(), "replicas": state.replicas,
+        # the epochs' own time, and the wall clock from start-up (over every job of a resumed run)
+        "epoch_seconds": state.epoch_seconds, "elapsed_seconds": state.elapsed_seconds,
+        "host": socket.gethostname(), "replicas": state.replicas,
         "memberships": state.memberships,
     }
 

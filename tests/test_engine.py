@@ -194,3 +194,65 @@ def test_compiled_model_runs_full_batches_and_the_partial_one_runs_eagerly():
     assert a.loss_sum == b.loss_sum
     for p, q in zip(eager.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_a_shard_smaller_than_one_batch_is_never_compiled():
+    """A rank whose shard is smaller than --batch-size trains one partial batch per epoch, of a
+    new size each time (DaP shrinks the subset). It is not a full batch: it runs eagerly (and so
+    untuned, test above) instead of compiling a graph for every epoch's size until dynamo's cache
+    limit. Full batches of --batch-size still share one compiled graph."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counter, dynamic=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def epoch(size, batch=None):
+        subset = np.arange(size, dtype=np.int64)
+        tags = torch.from_numpy(Shard(subset, np.ones(size, dtype=bool), 1).encoded_labels())
+        batches = [Batch(torch.randn(len(t), 4), t) for t in tags.split(batch or size)]
+        return train_one_epoch(model=model, loader=ListLoader(batches), optimizer=opt, label_smoothing=0.0,
+                               lr_schedule=LRSchedule(0.1, 0, 100, "step"), global_step=0,
+                               class_of=torch.zeros(size, dtype=torch.int64),
+                               precision=Precision(torch.device("cpu"), None, False), compiled=compiled,
+                               batch_size=8)
+
+    for size in (7, 5, 3):  # shards smaller than one batch of 8, one per epoch
+        epoch(size)
+    assert counter.frame_count == 0
+    epoch(16, batch=8)  # two full batches: one compiled graph
+    assert counter.frame_count == 1
+
+
+def test_the_skip_test_is_the_gradscalers_any_inf_or_nan_gradient():
+    """fp16: the engine counts a step as skipped when a gradient is inf or NaN, the GradScaler's
+    own rule (a device bool, no sync). The end-to-end count is checked against the loss scale in
+    test_train's fp16 test."""
+    from dap_hvd.engine import gradients_finite
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    assert bool(gradients_finite(opt))
+    model.weight.grad[0, 1] = float("inf")
+    assert not bool(gradients_finite(opt))
+    model.weight.grad[0, 1] = float("nan")
+    assert not bool(gradients_finite(opt))
+
+
+def test_divergence_is_a_non_finite_loss_or_model_or_a_scaler_that_gave_up():
+    from dap_hvd.engine import divergence
+
+    assert divergence(12.5, nonfinite_parameters=False, skipped=0, steps=10, loss_scale=None) is None
+    assert "nan" in divergence(float("nan"), nonfinite_parameters=False, skipped=0, steps=10, loss_scale=None)
+    assert "inf" in divergence(float("inf"), nonfinite_parameters=False, skipped=0, steps=10, loss_scale=None)
+    assert "parameters" in divergence(1.0, nonfinite_parameters=True, skipped=0, steps=10, loss_scale=None)
+    # fp16: skipped steps are the scale search (a whole 1-step epoch of it included), not divergence ...
+    assert divergence(0.0, nonfinite_parameters=False, skipped=3, steps=10, loss_scale=2.0**13) is None
+    assert divergence(0.0, nonfinite_parameters=False, skipped=1, steps=1, loss_scale=2.0**15) is None
+    # ... until every step is skipped and the scale has run down below 1
+    assert "GradScaler" in divergence(0.0, nonfinite_parameters=False, skipped=10, steps=10, loss_scale=2.0**-3)
