@@ -19,7 +19,8 @@ EXPECTED = ["dap_samples_trained_total", "dap_images_per_second", "dap_step_seco
             "dap_train_loss", "dap_learning_rate", "dap_epoch", "dap_subset_samples", "dap_kept_fraction_ratio",
             "dap_compute_ratio", "dap_selection_duration_seconds", "dap_selection_sent_bytes_total",
             "dap_top1_accuracy_ratio", "dap_top5_accuracy_ratio", "dap_checkpoint_duration_seconds",
-            "dap_skipped_samples_total", "dap_policy_info", "dap_weighted_samples", "dap_scored_samples"]
+            "dap_skipped_samples_total", "dap_policy_info", "dap_weighted_samples", "dap_scored_samples",
+            "dap_amp_skipped_steps_total"]
 
 
 def _free_base_port(n=2) -> int:

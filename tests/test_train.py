@@ -136,6 +136,11 @@ def test_fp16_resume_restores_the_loss_scale_on_every_rank(tiny_data, tmp_path):
     s = summary(out)
     # the digests cover parameters, buffers and the GradScaler state of each rank
     assert s["epochs_completed"] == 3 and len(set(s["replicas"]["start"])) == 1 and len(s["replicas"]["start"]) == 2
+    # steps the GradScaler skipped are counted, not taken for divergence: it starts at 2^16 and halves
+    # at each skipped step (it grows only after 2000 good ones), so the final scale tells their number
+    ckpt = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    assert s["amp_skipped_steps"] == sum(e["skipped_steps"] for e in s["epochs"])
+    assert ckpt["scaler"]["scale"] == 2.0 ** 16 * 0.5 ** s["amp_skipped_steps"]
 
 
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
