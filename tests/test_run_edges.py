@@ -40,9 +40,6 @@ def test_evaluate_scores_exactly_what_the_run_scored(data_copy, tmp_path):
     """A bad validation file skipped by the run (--on-bad-sample skip) is skipped by `evaluate`
     too (it is stored in the checkpoint), and the model is rebuilt as the trainer built it, fp32
     head included (bf16 autocast here, as on a GPU)."""
-    from dap_hvd.evaluate import build_eval_model, load_for_eval
-    from dap_hvd.models import Fp32Linear
-
     victim = sorted(sorted((data_copy / "val").iterdir())[1].iterdir())[2]
     victim.write_bytes(victim.read_bytes()[:600] + bytes(20000))
     out = tmp_path / "ev"
@@ -51,6 +48,9 @@ def test_evaluate_scores_exactly_what_the_run_scored(data_copy, tmp_path):
     assert s["skipped_bad_val_samples"] == 1
     one = json.loads(run([DAP_HVD, "evaluate", out, "--json"], timeout=120).stdout)
     assert one["top1"] == s["top1"] and one["top5"] == s["top5"] and one["samples"] == 119
+    from dap_hvd.evaluate import build_eval_model, load_for_eval
+    from dap_hvd.models import Fp32Linear
+
     ckpt = load_for_eval(_checkpoints(out)[-1])
     assert ckpt["val_excluded"].tolist() == [14]  # class 1's third file: 12 val files per class
     assert isinstance(list(build_eval_model(ckpt["meta"]).modules())[-1], Fp32Linear)
@@ -64,7 +64,7 @@ def test_a_fresh_start_keeps_rank0s_initial_weights_and_elapsed_time_adds_up(tin
     import yaml
 
     from dap_hvd.dist import state_digest
-    from dap_hvd.models import build_classifier
+    from dap_hvd.models import build_model, fp32_classifier
 
     out = tmp_path / "fresh"
     train(tiny_data, out, *short(2), "--stop-after", "1")
@@ -72,7 +72,7 @@ def test_a_fresh_start_keeps_rank0s_initial_weights_and_elapsed_time_adds_up(tin
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     # rank 0's generator as the trainer seeds it, (seed, epoch 0, rank 0): see train._seed
     torch.manual_seed(int(np.random.SeedSequence([cfg["seed"], 0, 0]).generate_state(1)[0] % (2**31 - 1)))
-    model = build_classifier(first["model"], 10, zero_gamma=cfg["optim"]["zero_gamma"])
+    model = fp32_classifier(build_model(first["model"], 10, zero_gamma=cfg["optim"]["zero_gamma"]))
     assert first["replicas"]["start"] == [state_digest(model)] * 2
 
     # elapsed_seconds is the wall clock from start-up, over both jobs; epoch_seconds the epochs' own
@@ -100,7 +100,7 @@ def test_rs2_warms_up_over_all_data_epochs(tiny_data, tmp_path):
 
 def test_infobatchs_lower_bound_is_labelled_an_expectation(tiny_data, tmp_path):
     out = tmp_path / "ib"
-    train(tiny_data, out, "--strategy", "infobatch", *short(2))
+    train(tiny_data, out, "--strategy", "infobatch", *short(3))  # floor(0.875 * 3) = 2: epoch 2 prunes
     s = summary(out)
     assert "expectation" in s["compute_ratio_planned_min_note"]
     log = (out / "train.log").read_text()
@@ -113,8 +113,8 @@ def test_an_interrupt_names_the_newest_checkpoint_not_the_epoch_being_saved(tiny
     message names the newest checkpoint on disk, the one --resume continues."""
     out = tmp_path / "int"
     cmd = [DAP_HVD, "train", "--data", str(tiny_data), "--out", str(out), "--strategy", "full", "--model", "resnet152",
-           *short(3), "--max-steps-per-epoch", "1", "--batch-size", "4", "--eval-every", "100", "--no-progress",
-           "--workers", "1"]
+           *short(3), "--warmup", "1", "--max-steps-per-epoch", "1", "--batch-size", "4", "--eval-every", "100",
+           "--no-progress", "--workers", "1"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
