@@ -28,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 
+from dap_hvd import notice
 from dap_hvd.files import write_atomic
 
 _NOTE = "DAP_HVD_LOADER_NOTE"
@@ -92,6 +93,9 @@ def run(argv: list[str], command: str) -> int:
         except Exception as e:  # the explanation must not replace the one line with a traceback
             crash = Crash(f"the trainer crashed ({_signal_name(-rc)}); finding out why failed too "
                           f"({type(e).__name__}: {e})", False)
+        if crash.bad_data:  # a bad file ends an elastic job, not this host's part in it (the survivors
+            # of this round read it if it comes before they roll back; else those of the next)
+            notice.announce_fatal(crash.message)
         print(f"dap-hvd {command}: error on rank {_rank()}: {crash.message}", file=sys.stderr, flush=True)
         return 2 if crash.bad_data else 128 - rc
 

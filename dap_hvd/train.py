@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dap_hvd import ConfigError, DataError, DapError, dist, rundir
+from dap_hvd import ConfigError, DataError, DapError, dist, notice, rundir
 from dap_hvd.data.catalog import Catalog, cache_root, load_catalog
 from dap_hvd.checkpoint import load_latest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
@@ -148,6 +148,8 @@ def main(cfg: TrainConfig, comm=None) -> int:
                      run_dir / "summary.json")
         return 0
     except DapError as e:
+        if cfg.elastic:  # not a lost host: the job ends, instead of losing host after host (notice.py)
+            notice.announce_fatal(str(e))
         runlog.fatal(world, f"dap-hvd train: error on rank {world.rank}: {e}")
         if getattr(e, "unclean", False):
             # A failed DALI pipeline can crash the interpreter's teardown (SIGSEGV in a later
