@@ -159,9 +159,13 @@ def main(cfg: TrainConfig, comm=None) -> int:
         return 2
     except dist.CollectiveError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # Rank 0 writes the checkpoints, so it alone can say which is the newest (or that none is).
+        done = rundir.newest_checkpoint(run_dir) if world.is_root else None
+        hint = (f"the newest checkpoint is epoch {done.epoch}; continue with --resume {run_dir}" if done else
+                "nothing was checkpointed" if world.is_root else
+                f"the last checkpoint is in {run_dir}, continue with --resume {run_dir}")
         runlog.fatal(world, f"dap-hvd train: error on rank {world.rank}: a collective operation failed, most likely "
-                            f"because another rank died or was killed ({first}); the last checkpoint is in {run_dir}, "
-                            f"continue with --resume {run_dir}")
+                            f"because another rank died or was killed ({first}); {hint}")
         return 1
     except Exception as e:  # a bug: say so where the user looks, then keep the traceback for the report
         runlog.fatal(world, f"dap-hvd train: unexpected error on rank {world.rank}: {type(e).__name__}: {e}")
@@ -188,7 +192,7 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
     runlog = runlog or RunLog()
     committed = elastic.payload() if elastic is not None else None
     restart = elastic is not None and (committed is not None or elastic.resets > 0)
-    _check_out_dir(cfg, world, run_dir, runlog, fresh=not (cfg.resume or restart))
+    _check_out_dir(cfg, world, run_dir, runlog, restart)
     if cfg.resume or restart:  # a resumed run's folder is its own from the start
         runlog.path = run_dir / "train.log"
     r = _setup(cfg, world, run_dir)
@@ -252,17 +256,17 @@ def _note_membership(r: Run, state: RunState, elastic: dist.ElasticCommit) -> No
                     "global batch)", r.world.size, state.epoch, r.base_lr)
 
 
-def _check_out_dir(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: RunLog, fresh: bool) -> None:
+def _check_out_dir(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: RunLog, restart: bool) -> None:
     """Rank 0 checks and locks the run folder (rundir.claim); a refusal stops every rank at once,
-    with the flag named. Under --elastic a restart keeps the lock its job already holds."""
+    with the flag named. An --elastic restart is the same job: its folder is checked already, and
+    a busy lock is held by this job's former rank 0."""
     problem = None
     if world.is_root and runlog.lock is None:
         try:
-            runlog.lock = rundir.claim(run_dir, "--resume" if cfg.resume else "--out", cfg.data_root, fresh)
+            runlog.lock = rundir.claim(run_dir, "--resume" if cfg.resume else "--out", cfg.data_root,
+                                       fresh=not (cfg.resume or restart))
         except DapError as e:
-            problem = str(e)
-            if not fresh and not cfg.resume:  # an elastic restart: the lock is this job's, on another rank
-                problem = None
+            problem = None if restart else str(e)
     verdict = dist.broadcast_json({"error": problem}, name="out.verdict")
     if verdict["error"]:
         raise DapError(verdict["error"])

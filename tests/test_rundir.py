@@ -182,5 +182,4 @@ def test_a_rank_killed_mid_epoch_leaves_a_last_line_that_names_the_checkpoint(ti
     rank0 = [ln for ln in text.splitlines() if re.search(r"\[0\]<std(err|out)>:dap-hvd train: (error|interrupted)", ln)]
     assert rank0, text[-3000:]
     done = newest_checkpoint(out)
-    assert done is not None and f"--resume {out}" in rank0[-1], rank0
-    assert f"epoch {done.epoch}" in rank0[-1] or "collective operation failed" in rank0[-1], rank0
+    assert done is not None and f"--resume {out}" in rank0[-1] and f"epoch {done.epoch}" in rank0[-1], rank0
