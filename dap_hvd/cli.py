@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-per-class", type=int, help="a class-balanced test subset (default: all 1,000)")
     p.add_argument("--seed", type=int, default=0, help="which samples a subset takes (default 0)")
     p.add_argument("--force", action="store_true",
-                   help="replace DIR even if it holds something make-fashion-mnist did not write (or this very dataset)")
+                   help="replace DIR even if it holds what make-fashion-mnist did not write (or this very dataset)")
     p.set_defaults(func=cmd_make_fashion_mnist)
     p = sub.add_parser("verify-data", help="list every unreadable / corrupt / non-image file; non-zero if any")
     p.add_argument("root", help="dataset root in the ImageNet layout")

@@ -263,8 +263,8 @@ def test_elastic_with_a_bad_file_ends_the_job_with_its_one_line_error(cluster, d
     and the job ends there: no re-formed world, both ranks naming the file."""
     victim = sorted((data_copy / "train").rglob("*.jpg"))[7]
     victim.write_bytes(b"this is not an image")
-    job, _, out, log_path = _start_elastic(cluster, data_copy, tmp_path, 1, {"COOLDOWN": "1 2", "ELASTIC_TIMEOUT": "30"},
-                                           [*TRAIN, "--loader", "torch"])
+    job, _, out, log_path = _start_elastic(cluster, data_copy, tmp_path, 1,
+                                           {"COOLDOWN": "1 2", "ELASTIC_TIMEOUT": "30"}, [*TRAIN, "--loader", "torch"])
     try:
         rc = job.wait(timeout=240)
     except subprocess.TimeoutExpired:
