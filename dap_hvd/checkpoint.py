@@ -14,21 +14,10 @@ from typing import Optional
 import torch
 
 from dap_hvd import DapError
+from dap_hvd.files import publish_mode
 
 _NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
 _TMP = re.compile(r"^\.epoch-.*\.tmp$")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish_mode(path: Path) -> None:
-    """mkstemp creates files 0600; give them the mode any other file of the user would get, so
-    a team can share a run folder."""
-    os.chmod(path, 0o666 & ~_umask())
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -230,7 +230,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from dap_hvd.export import export
 
-    info = export(a.target, a.out)
+    info = export(a.target, a.out, force=a.force)
     print(f"wrote {a.out} ({info['model']}, {info['num_classes']} classes, epoch {info['epoch']}"
           + (f", top1 {info['top1']:.4f}" if info["top1"] is not None else "") + f"); load it with {info['load']}")
     return 0
@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run folder (its newest checkpoint) or a .pt file")
     p.add_argument("--out", required=True, help="FILE: .safetensors for safetensors, anything else for a "
                    "torch state_dict; FILE.json beside it describes the model")
+    p.add_argument("--force", action="store_true", help="overwrite FILE and FILE.json if they exist")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("make-sample-data", help="write the embedded sample dataset (ImageNet layout)")
     p.add_argument("dir", help="where to write DIR/{train,val}/<class>/*.jpg")
@@ -326,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=int, help="a class-balanced training subset (default: all 6,000)")
     p.add_argument("--val-per-class", type=int, help="a class-balanced test subset (default: all 1,000)")
     p.add_argument("--seed", type=int, default=0, help="which samples a subset takes (default 0)")
-    p.add_argument("--force", action="store_true", help="rewrite DIR even if it holds this very dataset")
+    p.add_argument("--force", action="store_true",
+                   help="replace DIR even if it holds what make-fashion-mnist did not write (or this very dataset)")
     p.set_defaults(func=cmd_make_fashion_mnist)
     p = sub.add_parser("verify-data", help="list every unreadable / corrupt / non-image file; non-zero if any")
     p.add_argument("root", help="dataset root in the ImageNet layout")

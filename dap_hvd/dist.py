@@ -21,7 +21,7 @@ import horovod.torch as hvd
 from horovod.common.elastic import State as ElasticState
 from horovod.common.exceptions import HorovodInternalError as CollectiveError  # noqa: F401 (re-exported)
 
-from dap_hvd import DapError, DataError
+from dap_hvd import DapError, DataError, notice
 from dap_hvd.data.catalog import first_difference
 
 
@@ -296,6 +296,11 @@ class ElasticCommit(ElasticState):
 
     def restore(self) -> None:
         self._staged = None
+        # A rank that left with an error the job cannot outlive (a bad file) said so: fail with it,
+        # instead of re-forming without that rank's host (notice.py).
+        fatal = notice.fatal_announced()
+        if fatal:
+            raise DapError(fatal)
 
     def reset(self) -> None:
         self.resets += 1

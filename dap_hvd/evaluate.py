@@ -32,11 +32,11 @@ def find_checkpoint(target: str) -> Path:
     if p.is_dir():
         ckpts = list_checkpoints(p)
         if not ckpts:
-            raise DapError(f"evaluate: {p} holds no checkpoints (expected {p}/checkpoints/epoch-NNNN.pt)")
+            raise DapError(f"{p} holds no checkpoints (expected {p}/checkpoints/epoch-NNNN.pt)")
         return ckpts[-1]
     if p.is_file():
         return p
-    raise DapError(f"evaluate: {target} is neither a run directory nor a checkpoint file")
+    raise DapError(f"{target} is neither a run directory nor a checkpoint file")
 
 
 def load_for_eval(path: Path) -> dict:
@@ -44,9 +44,9 @@ def load_for_eval(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         meta = json.loads(ckpt["state"])
     except Exception as e:  # a truncated or foreign file: name it, no deep traceback
-        raise DapError(f"evaluate: cannot read checkpoint {path}: {e}") from None
+        raise DapError(f"cannot read checkpoint {path}: {e}") from None
     if "config" not in meta or "classes" not in meta:
-        raise DapError(f"evaluate: {path} was written by an older dap_hvd and lacks its config; "
+        raise DapError(f"{path} was written by an older dap_hvd and lacks its config; "
                        f"it cannot be evaluated on its own")
     excluded = ckpt.get("val_excluded")  # absent in checkpoints from before it was stored
     return {"model": ckpt["model"], "meta": meta,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from dap_hvd import DapError
-from dap_hvd.checkpoint import publish_mode
+from dap_hvd.files import publish_mode
 from dap_hvd.evaluate import find_checkpoint, load_for_eval
 from dap_hvd.data.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -25,13 +25,18 @@ TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "de
                "mobilenet_v2")
 
 
-def export(target: str, out: str) -> dict:
+def export(target: str, out: str, force: bool = False) -> dict:
+    dst = Path(out)
+    sidecar = dst.with_name(dst.name + ".json")
+    if dst.is_dir():
+        raise DapError(f"--out {dst} is a folder; name the file to write (e.g. {dst}/backbone.safetensors)")
+    existing = [str(p) for p in (dst, sidecar) if p.exists() or p.is_symlink()]
+    if existing and not force:
+        raise DapError(f"--out: {' and '.join(existing)} already exist(s); pass --force to overwrite, or choose "
+                       f"another name")
     src = find_checkpoint(target)
     ckpt = load_for_eval(src)
     meta = ckpt["meta"]
-    dst = Path(out)
-    if dst.is_dir():
-        raise DapError(f"export: --out {dst} is a folder; name the file to write (e.g. {dst}/backbone.safetensors)")
     weights = {k: v.contiguous() for k, v in ckpt["model"].items()}
     name, classes = meta["model"], meta["classes"]
     evals = [h for h in meta["history"] if h.get("top1") is not None]
@@ -43,7 +48,7 @@ def export(target: str, out: str) -> dict:
                       f"dap_hvd.models.build_model({name!r}, {len(classes)}).load_state_dict(weights)"))
     dst.parent.mkdir(parents=True, exist_ok=True)
     _atomic(dst, lambda path: _write_weights(weights, path, info))
-    _atomic(dst.with_name(dst.name + ".json"), lambda path: Path(path).write_text(json.dumps(info, indent=1)))
+    _atomic(sidecar, lambda path: Path(path).write_text(json.dumps(info, indent=1)))
     return info
 
 

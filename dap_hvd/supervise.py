@@ -15,6 +15,7 @@ DAP_HVD_SUPERVISE=0.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -27,6 +28,9 @@ from typing import Optional
 
 import numpy as np
 
+from dap_hvd import notice
+from dap_hvd.files import write_atomic
+
 _NOTE = "DAP_HVD_LOADER_NOTE"
 _WORKER = "DAP_HVD_WORKER"
 
@@ -37,12 +41,16 @@ def wanted(argv: list[str]) -> bool:
 
 
 def note_loader(root: str, split: str, file_list: Optional[str], indices: np.ndarray) -> None:
-    """Child side: record the shard a loader is about to read (a no-op when unsupervised)."""
+    """Child side: record the shard a loader is about to read (a no-op when unsupervised). One
+    file, renamed into place: a crash mid-write never pairs one split's indices with another's
+    catalog."""
     path = os.environ.get(_NOTE)
     if not path:
         return
-    np.save(path + ".npy", np.asarray(indices, dtype=np.int64))
-    Path(path).write_text(json.dumps(dict(root=str(root), split=split, file_list=file_list)))
+    buf = io.BytesIO()
+    np.savez(buf, indices=np.asarray(indices, dtype=np.int64),
+             info=np.array(json.dumps(dict(root=str(root), split=split, file_list=file_list))))
+    write_atomic(Path(path), buf.getvalue())
 
 
 def _die_with_parent() -> None:
@@ -64,7 +72,7 @@ def _rank() -> str:
 def run(argv: list[str], command: str) -> int:
     """Run `dap-hvd ARGV` as a child; return its exit code, explaining a crash."""
     with tempfile.TemporaryDirectory(prefix="dap-hvd-") as tmp:
-        note = os.path.join(tmp, "loader.json")
+        note = os.path.join(tmp, "loader.npz")
         env = dict(os.environ, **{_WORKER: "1", _NOTE: note})
         child = subprocess.Popen([sys.executable, "-m", "dap_hvd", *argv], env=env, preexec_fn=_die_with_parent)
 
@@ -80,7 +88,14 @@ def run(argv: list[str], command: str) -> int:
                 signal.signal(s, h)
         if rc >= 0 or -rc in (signal.SIGINT, signal.SIGTERM):
             return rc if rc >= 0 else 128 - rc
-        crash = _explain(-rc, note)
+        try:
+            crash = _explain(-rc, note)
+        except Exception as e:  # the explanation must not replace the one line with a traceback
+            crash = Crash(f"the trainer crashed ({_signal_name(-rc)}); finding out why failed too "
+                          f"({type(e).__name__}: {e})", False)
+        if crash.bad_data:  # a bad file ends an elastic job, not this host's part in it (the survivors
+            # of this round read it if it comes before they roll back; else those of the next)
+            notice.announce_fatal(crash.message)
         print(f"dap-hvd {command}: error on rank {_rank()}: {crash.message}", file=sys.stderr, flush=True)
         return 2 if crash.bad_data else 128 - rc
 
@@ -91,8 +106,12 @@ class Crash:
     bad_data: bool  # a bad file explains it: exit like any other data error
 
 
+def _signal_name(sig: int) -> str:
+    return signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+
+
 def _explain(sig: int, note: str) -> Crash:
-    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+    name = _signal_name(sig)
     if sig == signal.SIGKILL:
         return Crash(f"the trainer was killed ({name}), most likely by the kernel's out-of-memory killer or the "
                      f"scheduler", False)
@@ -101,8 +120,8 @@ def _explain(sig: int, note: str) -> Crash:
     from dap_hvd.data.catalog import load_catalog
     from dap_hvd.data.verify import describe_bad
 
-    info = json.loads(Path(note).read_text())
-    indices = np.load(note + ".npy")
+    with np.load(note) as saved:
+        info, indices = json.loads(str(saved["info"])), saved["indices"]
     cat = load_catalog(info["root"], info["split"], info["file_list"])
     bad = describe_bad(cat.files(np.unique(indices)))
     if bad:

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dap_hvd import ConfigError, DataError, DapError, DivergedError, dist
+from dap_hvd import ConfigError, DataError, DapError, DivergedError, dist, notice, rundir
 from dap_hvd.data.catalog import Catalog, cache_root, load_catalog
 from dap_hvd.checkpoint import checkpoint_epoch, list_checkpoints, load_latest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
 from dap_hvd.devices import gpu_index
 from dap_hvd.engine import Precision, divergence, evaluate, train_one_epoch
+from dap_hvd.files import write_atomic
 from dap_hvd.ledger import LossLedger
 from dap_hvd.data.loaders import Loaders
 from dap_hvd.data.spec import BadSampleError, LoaderError, LoaderSpec
@@ -126,6 +126,7 @@ class RunLog:
     """Where fatal errors go besides stderr: the run's train.log, once this run owns the folder."""
 
     path: Optional[Path] = None
+    lock: Optional[rundir.RunLock] = None  # rank 0: the run folder's, for the job's whole life
 
     def fatal(self, world: dist.World, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -166,6 +167,8 @@ def main(cfg: TrainConfig, comm=None) -> int:
                      summary["elapsed_seconds"], run_dir / "summary.json")
         return 0
     except DapError as e:
+        if cfg.elastic:  # not a lost host: the job ends, instead of losing host after host (notice.py)
+            notice.announce_fatal(str(e))
         runlog.fatal(world, f"dap-hvd train: error on rank {world.rank}: {e}")
         if getattr(e, "unclean", False):
             # A failed DALI pipeline can crash the interpreter's teardown (SIGSEGV in a later
@@ -175,22 +178,30 @@ def main(cfg: TrainConfig, comm=None) -> int:
         return 2
     except dist.CollectiveError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # Rank 0 writes the checkpoints, so it alone can say which is the newest (or that none is).
+        done = rundir.newest_checkpoint(run_dir) if world.is_root else None
+        hint = (f"the newest checkpoint is epoch {done.epoch}; continue with --resume {run_dir}" if done else
+                "nothing was checkpointed" if world.is_root else
+                f"the last checkpoint is in {run_dir}, continue with --resume {run_dir}")
         runlog.fatal(world, f"dap-hvd train: error on rank {world.rank}: a collective operation failed, most likely "
-                            f"because another rank died or was killed ({first}); the last checkpoint is in {run_dir}, "
-                            f"continue with --resume {run_dir}")
+                            f"because another rank died or was killed ({first}); {hint}")
         return 1
     except Exception as e:  # a bug: say so where the user looks, then keep the traceback for the report
         runlog.fatal(world, f"dap-hvd train: unexpected error on rank {world.rank}: {type(e).__name__}: {e}")
         raise
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt:
         if world.is_root:
-            where = f"after epoch {e.epoch} (newest checkpoint: {e.checkpoint})" \
-                if isinstance(e, Interrupted) and e.epoch else "before the first epoch ended"
-            hint = f"resume with: dap-hvd train --resume {run_dir}" if isinstance(e, Interrupted) and e.epoch \
-                else "nothing was checkpointed"
+            # From the files, not from the exception: a peer's SIGKILL can bring a second SIGTERM
+            # (the launcher's, the supervisor's) that lands outside the loop's handler.
+            done = rundir.newest_checkpoint(run_dir)
+            where = f"after epoch {done.epoch} (newest checkpoint: {done.path})" if done \
+                else "before the first epoch ended"
+            hint = f"resume with: dap-hvd train --resume {run_dir}" if done else "nothing was checkpointed"
             runlog.fatal(world, f"dap-hvd train: interrupted {where}; {hint}")
         return 130
     finally:
+        if runlog.lock is not None:
+            runlog.lock.release()
         dist.shutdown()
 
 
@@ -201,12 +212,12 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
     runlog = runlog or RunLog()
     committed = elastic.payload() if elastic is not None else None
     restart = elastic is not None and (committed is not None or elastic.resets > 0)
-    _check_out_dir(cfg, world, run_dir)
+    _check_out_dir(cfg, world, run_dir, runlog, restart)
     if cfg.resume or restart:  # a resumed run's folder is its own from the start
         runlog.path = run_dir / "train.log"
     r = _setup(cfg, world, run_dir)
     if world.is_root and not restart:  # start-up worked: now this run takes the folder
-        moved = None if cfg.resume else _archive_previous_run(run_dir)
+        moved = None if cfg.resume else rundir.archive(run_dir)
         _log_to_file(world, run_dir)
         if moved:
             log.warning("%s held an earlier run; moved it to %s (use --resume to continue a run)", run_dir, moved)
@@ -271,20 +282,17 @@ def _note_membership(r: Run, state: RunState, elastic: dist.ElasticCommit) -> No
                     "global batch)", r.world.size, state.epoch, r.base_lr)
 
 
-def _check_out_dir(cfg: TrainConfig, world: dist.World, run_dir: Path) -> None:
-    """A run folder that cannot be written stops every rank at once, with the flag named."""
+def _check_out_dir(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: RunLog, restart: bool) -> None:
+    """Rank 0 checks and locks the run folder (rundir.claim); a refusal stops every rank at once,
+    with the flag named. An --elastic restart is the same job: its folder is checked already, and
+    a busy lock is held by this job's former rank 0."""
     problem = None
-    if world.is_root:
-        flag = "--resume" if cfg.resume else "--out"
+    if world.is_root and runlog.lock is None:
         try:
-            if run_dir.exists() and not run_dir.is_dir():
-                problem = f"{flag}: {run_dir} is a file, not a folder"
-            else:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryFile(dir=run_dir):
-                    pass
-        except OSError as e:
-            problem = f"{flag}: cannot write to {run_dir}: {e.strerror or e}"
+            runlog.lock = rundir.claim(run_dir, "--resume" if cfg.resume else "--out", cfg.data_root,
+                                       fresh=not (cfg.resume or restart))
+        except DapError as e:
+            problem = None if restart else str(e)
     verdict = dist.broadcast_json({"error": problem}, name="out.verdict")
     if verdict["error"]:
         raise DapError(verdict["error"])
@@ -925,19 +933,6 @@ def _summary(r: Run, state: RunState) -> dict:
     }
 
 
-def _archive_previous_run(run_dir: Path) -> Optional[Path]:
-    """A fresh run never mixes with an old one in the same directory (a stale epoch-0012.pt
-    would be what --resume picks up later); the old run is kept under a new name."""
-    if not (run_dir / "summary.json").exists() and not (run_dir / "checkpoints").exists():
-        return None
-    dest = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
-    while dest.exists():
-        dest, n = run_dir.with_name(f"{run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
-    os.replace(run_dir, dest)
-    return dest
-
-
 def _resolved_config(cfg: TrainConfig, base_lr: float) -> dict:
     """The config with every data-dependent default written out, so the file says what ran and
     means the same wherever it is read (evaluate on another data path, resume)."""
@@ -960,9 +955,7 @@ def _write_run_files(cfg: TrainConfig, run_dir: Path, base_lr: float) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1).encode())
 
 
 _FORMAT = logging.Formatter("%(asctime)s [rank %(rank)s] %(levelname)s %(message)s", "%H:%M:%S")

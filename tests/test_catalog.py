@@ -100,3 +100,61 @@ def test_a_training_file_list_keeps_numeric_labels_for_validation_folders(tmp_pa
     assert val.labels.tolist() == [0, 0, 1, 1, 2, 2]
     with pytest.raises(DataError, match="out of range"):  # val has 3 classes, training knows 2
         load_catalog(tmp_path, "val", cache=False).labelled_by(train.classes[:2], "list", named=False)
+
+
+def test_a_train_folder_linked_to_another_volume_works_in_both_layouts(tmp_path):
+    """One containment rule: paths are checked lexically, so a `train/` symlink (a usual way to
+    stage ImageNet on another volume) serves the file list as it serves the folder layout."""
+    elsewhere = tmp_path / "volume2"
+    _layout(elsewhere, "train", ["ant", "bee"])
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "train").symlink_to(elsewhere / "train")
+    fl = tmp_path / "list.txt"
+    fl.write_text("train/ant/ant0.jpg 0\ntrain/./bee/bee1.jpg 1\n")
+    listed = load_catalog(root, "train", file_list=str(fl))
+    assert listed.paths == ("train/ant/ant0.jpg", "train/bee/bee1.jpg")
+    assert len(load_catalog(root, "train", cache=False)) == 4
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"train/../../volume2/train/ant/ant0.jpg 0\n{elsewhere}/train/ant/ant1.jpg 0\n")
+    with pytest.raises(DataError) as e:
+        load_catalog(root, "train", file_list=str(bad))
+    assert "bad.txt:1" in str(e.value) and "bad.txt:2" in str(e.value) and "outside the data root" in str(e.value)
+
+
+def test_a_planted_manifest_cannot_point_outside_the_root(data_copy, tmp_path, monkeypatch):
+    import json
+
+    from dap_hvd.data.catalog import cache_root
+
+    monkeypatch.setenv("DAP_HVD_CACHE", str(tmp_path / "cache"))
+    honest = load_catalog(data_copy, "train")  # writes the manifest
+    (manifest,) = (cache_root() / "manifests").glob("*.json")
+    planted = json.loads(manifest.read_text())
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(b"x")
+    planted["paths"][0] = os.path.relpath(secret, data_copy / "train")
+    manifest.write_text(json.dumps(planted))
+    again = load_catalog(data_copy, "train")
+    assert again.paths == honest.paths and not any(".." in p for p in again.paths)
+
+
+def test_a_path_listed_twice_is_refused(tiny_data, tmp_path):
+    first = load_catalog(tiny_data, "train").paths[0]
+    fl = tmp_path / "dup.txt"
+    fl.write_text(f"train/{first} 0\ntrain/./{first} 0\n")
+    with pytest.raises(DataError, match=r"dup.txt:2: .* is listed again \(first on line 1\)"):
+        load_catalog(tiny_data, "train", file_list=str(fl))
+
+
+def test_a_file_name_that_is_not_utf8_is_a_data_error_naming_it(tmp_path):
+    _layout(tmp_path, "train", ["ant"])
+    bad = os.path.join(os.fsencode(tmp_path / "train" / "ant"), b"caf\xe9.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    with pytest.raises(DataError, match=r"ant/caf\\xe9.jpg: the file name is not valid UTF-8"):
+        load_catalog(tmp_path, "train", cache=False).digest()
+    fl = tmp_path / "list.txt"
+    fl.write_bytes(b"train/ant/ant0.jpg 0\ntrain/ant/caf\xe9.jpg 0\n")
+    with pytest.raises(DataError, match=r"list.txt:2: not valid UTF-8"):
+        load_catalog(tmp_path, "train", file_list=str(fl))

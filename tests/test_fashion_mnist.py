@@ -75,3 +75,31 @@ def test_bad_or_missing_idx_files_are_named(idx_source, tmp_path):
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
         write_fashion_mnist(tmp_path / "y", source=idx_source)
     assert not (tmp_path / "y").exists()  # nothing half-written is left under the name
+
+
+def test_never_replaces_a_folder_it_did_not_write(idx_source, tmp_path, capsys):
+    """The rule make-sample-data has: a typo such as `make-fashion-mnist /datasets/imagenet`
+    must not wipe a dataset (it did: an unconditional rmtree, exit 0)."""
+    from dap_hvd.cli import main
+
+    imagenet = tmp_path / "imagenet"
+    (imagenet / "train" / "n01440764").mkdir(parents=True)
+    (imagenet / "train" / "n01440764" / "a.JPEG").write_bytes(b"precious")
+    (imagenet / "LICENSE.txt").write_text("LICENSE")
+    afile = tmp_path / "notes.txt"
+    afile.write_text("precious")
+    args = ["--source", str(idx_source), "--train-per-class", "2", "--val-per-class", "1"]
+    for target in (imagenet, afile):
+        assert main(["make-fashion-mnist", str(target), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "was not written by make-fashion-mnist" in err[0] and "--force" in err[0]
+    assert (imagenet / "train" / "n01440764" / "a.JPEG").read_bytes() == b"precious"
+    assert (imagenet / "LICENSE.txt").is_file() and afile.read_text() == "precious"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder or lock left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["make-fashion-mnist", str(empty), *args]) == 0
+    again = ["make-fashion-mnist", str(empty), "--seed", "3", *args]
+    assert main(again) == 0  # its own dataset (another subset): replaced without --force
+    assert main(["make-fashion-mnist", str(imagenet), "--force", *args]) == 0
+    assert not (imagenet / "LICENSE.txt").exists() and len(list(imagenet.glob("train/*/*.png"))) == 20

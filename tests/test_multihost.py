@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -251,3 +252,27 @@ def test_elastic_below_min_np_ends_non_zero_instead_of_hanging(cluster, tiny_dat
         time.sleep(0.2)
     assert cluster.pids(cluster.hosts[0], "dap-hvd train") == [], "a survivor was left running"
     assert _epochs_done(out) >= 1  # what was checkpointed is there for --resume
+
+
+# ---- c23b: a bad file under --elastic ends the job, not host after host
+
+def test_elastic_with_a_bad_file_ends_the_job_with_its_one_line_error(cluster, data_copy, tmp_path):
+    """A bad file is not a lost host: Horovod's elastic driver blacklisted the rank's host and the
+    survivor re-sharded, met the same file, and so on until below --min-np. Now the first rank
+    to meet it announces the error, the survivor fails with the same line in the same round,
+    and the job ends there: no re-formed world, both ranks naming the file."""
+    victim = sorted((data_copy / "train").rglob("*.jpg"))[7]
+    victim.write_bytes(b"this is not an image")
+    job, _, out, log_path = _start_elastic(cluster, data_copy, tmp_path, 1,
+                                           {"COOLDOWN": "1 2", "ELASTIC_TIMEOUT": "30"}, [*TRAIN, "--loader", "torch"])
+    try:
+        rc = job.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        pytest.fail("the job hung:\n" + log_path.read_text()[-4000:])
+    text = log_path.read_text()
+    assert rc != 0, text[-3000:]
+    assert "elastic: 1 rank(s) now" not in text, text[-3000:]  # no world re-formed around the file
+    lines = re.findall(rf"dap-hvd train: error on rank (\d): rank (\d): cannot decode {re.escape(str(victim))}", text)
+    assert {a for a, _ in lines} == {"0", "1"} and len({b for _, b in lines}) == 1, text[-3000:]
+    assert text.strip().splitlines()[-1].startswith("dap-hvd train: error on rank"), text[-2000:]

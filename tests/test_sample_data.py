@@ -2,6 +2,7 @@
 
 import filecmp
 import hashlib
+import os
 from pathlib import Path
 
 from dap_hvd.data.sample_data import SampleSpec, make_sample_data
@@ -64,3 +65,25 @@ def test_never_replaces_what_it_did_not_write(tmp_path):
     assert main(["make-sample-data", str(real), "--force", "--classes", "2", "--train-per-class", "2",
                  "--val-per-class", "1", "--redundancy", "1", "--image-size", "16"]) == 0
     assert not (real / "train" / "n01").exists() and (real / "sample-spec.json").is_file()
+
+
+def test_nodes_sharing_a_cache_write_the_sample_data_once(tmp_path):
+    """Every node's local rank 0 makes the sample data on first use; on a cache shared between
+    nodes they must take turns: one writes it, the others find it (no ENOTEMPTY, no folder
+    replaced under a node that is already reading it)."""
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "cache" / "sample"
+    start = time.time() + 3
+    code = ("import os, sys, time; from dap_hvd.data.sample_data import SampleSpec, make_sample_data\n"
+            f"time.sleep(max(0, {start} - time.time()))\n"
+            f"r = make_sample_data({str(root)!r}, SampleSpec(num_classes=4, train_per_class=40, val_per_class=4))\n"
+            "print(os.stat(r).st_ino)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-800:] for _, e in outs]
+    assert len({o.strip() for o, _ in outs}) == 1  # one folder: written once, found twice
+    assert os.stat(root).st_ino == int(outs[0][0]) and len(list((root / "train").rglob("*.jpg"))) == 160

@@ -142,7 +142,8 @@ def test_ctrl_c_says_how_to_resume(tiny_data, tmp_path):
             proc.kill()
     assert proc.returncode == 130
     done = json.loads((out / "summary.json").read_text())["epochs_completed"]
-    line = f"interrupted after epoch {done}; resume with: dap-hvd train --resume {out}"
+    newest = out / "checkpoints" / f"epoch-{done:04d}.pt"
+    line = f"interrupted after epoch {done} (newest checkpoint: {newest}); resume with: dap-hvd train --resume {out}"
     assert line in err and line in (out / "train.log").read_text()
 
 

@@ -5,6 +5,11 @@ per line, paths relative to the root). Global indices follow sorted class names,
 file names, so they are the same on every rank and every run. Scanning 1.28M files is slow, so
 the scan is cached in a manifest that is rebuilt when any class folder changes (a folder's mtime
 changes whenever an entry is added, removed or renamed in it) or the file list changes.
+
+One containment rule for both layouts and for the cached manifests: a sample's path, relative to
+its root, is normalized lexically and must not be absolute or start with `..`. Symlinks are
+followed wherever they point (a `train/` linked to another volume is a normal way to stage
+ImageNet). File names must be UTF-8 (DALI and the digests need them as text).
 No torch import.
 """
 
@@ -107,18 +112,18 @@ def load_catalog(root: str | Path, split: str, file_list: Optional[str] = None,
         raise DataError(f"{split_dir}: no '{split}' folder; expected the ImageNet layout "
                         f"{root}/{split}/<class>/<image> or a file list")
     manifest = _cache_dir() / (hashlib.sha256(str(split_dir).encode()).hexdigest()[:24] + ".json")
-    class_dirs = sorted(e.name for e in _scan(split_dir) if _is(e, "dir") and not e.name.startswith("."))
+    class_dirs = sorted(_utf8(e) for e in _scan(split_dir) if _is(e, "dir") and not e.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{split_dir}: has no class folders")
     stamps = {c: os.stat(split_dir / c).st_mtime_ns for c in class_dirs}
     if cache:
         cached = _read_manifest(manifest, str(split_dir), stamps)
-        if cached is not None:
+        if cached is not None and _contained_all(cached["paths"]):
             return Catalog(split_dir, tuple(cached["paths"]), np.asarray(cached["labels"], dtype=np.int64),
                            tuple(cached["classes"]))
     paths, labels = [], []
     for label, cls in enumerate(class_dirs):
-        names = sorted(e.name for e in _scan(split_dir / cls)
+        names = sorted(_utf8(e) for e in _scan(split_dir / cls)
                        if e.name.lower().endswith(IMAGE_EXTENSIONS) and _is(e, "file"))
         paths.extend(f"{cls}/{n}" for n in names)
         labels.extend([label] * len(names))
@@ -146,17 +151,49 @@ def _is(entry: os.DirEntry, kind: str) -> bool:
                         f"or run `dap-hvd verify-data` to list every such problem") from None
 
 
+def shown(path: str) -> str:
+    """A path fit to print and log: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _utf8(entry: os.DirEntry) -> str:
+    """The entry's name, or a DataError naming it when the name is not UTF-8."""
+    try:
+        entry.name.encode()
+    except UnicodeEncodeError:
+        raise DataError(f"{shown(entry.path)}: the file name is not valid UTF-8; rename it (e.g. with "
+                        f"`convmv -f latin1 -t utf8`), or leave it out with a file list") from None
+    return entry.name
+
+
+def contained(rel: str) -> Optional[str]:
+    """The containment rule: `rel` normalized, or None when it is absolute or leaves its root."""
+    norm = os.path.normpath(rel)
+    if os.path.isabs(norm) or norm == ".." or norm.startswith("../") or norm == ".":
+        return None
+    return norm
+
+
+def _contained_all(paths: list) -> bool:
+    return all(isinstance(p, str) and contained(p) == p for p in paths)
+
+
 def parse_file_list(root: Path, file_list: Path) -> tuple[list[str], list[int], list[str]]:
-    """-> (paths, labels, problems). Problems name the file and line."""
+    """-> (paths, labels, problems). Problems name the file and line; a path listed twice is one."""
     root = root.resolve()
     if not file_list.is_file():
         raise DataError(f"{file_list}: file list does not exist")
-    paths, labels, problems = [], [], []
-    for lineno, line in enumerate(file_list.read_text().splitlines(), 1):
+    paths, labels, problems, first = [], [], [], {}
+    for lineno, raw in enumerate(file_list.read_bytes().splitlines(), 1):
+        where = f"{file_list}:{lineno}"
+        try:
+            line = raw.decode()
+        except UnicodeDecodeError:
+            problems.append(f"{where}: not valid UTF-8 ({raw[:80]!r})")
+            continue
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.rsplit(None, 1)
-        where = f"{file_list}:{lineno}"
         if len(parts) != 2:
             problems.append(f"{where}: expected 'path label', got {line!r}")
             continue
@@ -168,14 +205,18 @@ def parse_file_list(root: Path, file_list: Path) -> tuple[list[str], list[int], 
         except ValueError:
             problems.append(f"{where}: label {label!r} is not a non-negative integer")
             continue
-        full = (root / rel).resolve()
-        if not full.is_relative_to(root):
+        norm = contained(rel)
+        if norm is None:
             problems.append(f"{where}: {rel!r} points outside the data root {root}")
             continue
-        if not full.is_file():
+        if norm in first:
+            problems.append(f"{where}: {rel!r} is listed again (first on line {first[norm]}); each sample once")
+            continue
+        first[norm] = lineno
+        if not (root / norm).is_file():
             problems.append(f"{where}: {rel!r} does not exist under {root}")
             continue
-        paths.append(str(full.relative_to(root)))
+        paths.append(norm)
         labels.append(label_i)
     return paths, labels, problems
 

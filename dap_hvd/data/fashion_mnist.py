@@ -3,7 +3,8 @@
 Debian ships the original IDX files offline (`apt-get install dataset-fashion-mnist` puts them in
 /usr/share/datasets/fashion-mnist/). `write_fashion_mnist` turns them into
 OUT/{train,val}/<class name>/<index>.png, deterministically: the same arguments give the same
-files, byte for byte, and a folder written before is reused when its record matches.
+files, byte for byte, and a folder written before is reused when its record matches. A folder it did
+not write is never replaced without --force (data/folders.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from dap_hvd import DataError
+from dap_hvd.data.folders import new_tree, refuse_foreign, replace_tree, writer_lock
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -91,31 +91,39 @@ def write_fashion_mnist(out: Path, spec: FashionSpec = FashionSpec(), source: Pa
     inputs = {split: (_find(source, a), _find(source, b)) for split, (a, b) in _FILES.items()}
     digest = hashlib.sha256(b"".join(p.read_bytes() for pair in inputs.values() for p in pair)).hexdigest()
     record = {"spec": asdict(spec), "source_sha256": digest, "classes": list(CLASSES)}
-    if not force and (out / _RECORD).is_file():
+    refuse_foreign(out, _written(out) is not None, force, "make-fashion-mnist")  # before the lock file goes beside it
+    with writer_lock(out):
+        if not force and _written(out) == record:
+            return out
+        refuse_foreign(out, _written(out) is not None, force, "make-fashion-mnist")
+        tmp = new_tree(out)
         try:
-            if json.loads((out / _RECORD).read_text()) == record:
-                return out
-        except (OSError, ValueError):
-            pass
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for split, (images_path, labels_path) in inputs.items():
-            images, labels = read_idx(images_path), read_idx(labels_path)
-            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-                raise DataError(f"{images_path}, {labels_path}: {images.shape} images against {labels.shape} labels")
-            if labels.max() >= len(CLASSES):
-                raise DataError(f"{labels_path}: label {int(labels.max())} beyond the {len(CLASSES)} classes")
-            per_class = spec.train_per_class if split == "train" else spec.val_per_class
-            for name in CLASSES:
-                (tmp / split / name).mkdir(parents=True)
-            for i in _pick(labels, per_class, spec.seed, split):
-                (tmp / split / CLASSES[labels[i]] / f"{i:05d}.png").write_bytes(_png(images[i]))
-        (tmp / _RECORD).write_text(json.dumps(record, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _write_tree(tmp, inputs, spec)
+            (tmp / _RECORD).write_text(json.dumps(record, indent=1))
+            replace_tree(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _written(out: Path) -> Optional[dict]:
+    """The record of a dataset this command wrote at `out`, or None."""
+    try:
+        return json.loads((out / _RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_tree(tmp: Path, inputs: dict, spec: FashionSpec) -> None:
+    for split, (images_path, labels_path) in inputs.items():
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{images_path}, {labels_path}: {images.shape} images against {labels.shape} labels")
+        if labels.max() >= len(CLASSES):
+            raise DataError(f"{labels_path}: label {int(labels.max())} beyond the {len(CLASSES)} classes")
+        per_class = spec.train_per_class if split == "train" else spec.val_per_class
+        for name in CLASSES:
+            (tmp / split / name).mkdir(parents=True)
+        for i in _pick(labels, per_class, spec.seed, split):
+            (tmp / split / CLASSES[labels[i]] / f"{i:05d}.png").write_bytes(_png(images[i]))

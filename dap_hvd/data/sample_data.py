@@ -15,8 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -130,18 +129,26 @@ def make_sample_data(root: str | Path, spec: SampleSpec = SampleSpec(), force: b
     dataset with the same spec is left as it is. Written to a temp folder, then renamed, so a
     crash never leaves a half dataset that looks complete. Whatever else is at `root` (a file, a
     real dataset) is never replaced unless `force` is given."""
-    from dap_hvd import DataError
+    from dap_hvd.data.folders import new_tree, refuse_foreign, replace_tree, writer_lock
 
     root = Path(root)
     stamp = root / "sample-spec.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == asdict(spec):
-        return root
-    ours = stamp.is_file()
-    if not force and not ours and (root.is_symlink() or root.exists()) and (not root.is_dir() or any(root.iterdir())):
-        raise DataError(f"{root}: exists and was not written by make-sample-data; refusing to replace it "
-                        f"(choose an empty or new folder, or pass --force to overwrite it)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".sample-", dir=root.parent))
+    refuse_foreign(root, stamp.is_file(), force, "make-sample-data")  # before the lock file goes beside it
+    with writer_lock(root):  # nodes sharing one cache: the first writes, the others find its dataset
+        if stamp.is_file() and json.loads(stamp.read_text()) == asdict(spec):
+            return root
+        refuse_foreign(root, stamp.is_file(), force, "make-sample-data")
+        tmp = new_tree(root)
+        try:
+            _write_tree(tmp, spec)
+            replace_tree(tmp, root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _write_tree(tmp: Path, spec: SampleSpec) -> None:
     for split, per_class, copies in (("train", spec.train_per_class, spec.redundancy),
                                      ("val", spec.val_per_class, 1)):
         for c in range(spec.num_classes):
@@ -164,13 +171,3 @@ def make_sample_data(root: str | Path, spec: SampleSpec = SampleSpec(), force: b
                     (cls_dir / f"{split}_{c:03d}_{d:05d}_{k:02d}.jpg").write_bytes(data)
                     written += 1
     (tmp / "sample-spec.json").write_text(json.dumps(asdict(spec), indent=1, sort_keys=True))
-    if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=".old-", dir=root.parent))
-        os.replace(root, old / "d")
-        os.replace(tmp, root)
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, root)
-    return root
