@@ -20,8 +20,16 @@ SCHED = ["--epochs", "6", "--warmup", "1", "--interval", "1", "--keep", "0.7", "
 COMMON = ["--batch-size", "16", "--lr", "0.2", "--lr-warmup-epochs", "1", "--no-progress", "--workers", "1"]
 
 
+# The same run length and LR decay for the policies that do not read DaP's schedule (which
+# refuse its flags).
+LENGTH = ["--epochs", "6", "--lr-steps", "4"]
+
+
 def train(data, out, *extra, np_=2, timeout=300, check=True):
-    args = [DAP_HVD, "train", "--data", data, "--out", out, *SCHED, *COMMON, *map(str, extra)]
+    extra = list(map(str, extra))
+    strategy = extra[extra.index("--strategy") + 1] if "--strategy" in extra else "dap"
+    sched = SCHED if strategy in ("dap", "random") else LENGTH
+    args = [DAP_HVD, "train", "--data", data, "--out", out, *sched, *COMMON, *extra]
     return horovodrun(np_, args, timeout=timeout, check=check)
 
 
@@ -50,7 +58,7 @@ def test_two_rank_training_matches_plan(tiny_data, tmp_path, dap_run, strategy):
     s = summary(out)
     assert s["strategy"] == strategy and s["world_size"] == 2 and len(s["epochs"]) == 6
     n, gb = s["num_samples"], s["global_batch"]
-    sched = Schedule(6, 1, 1, 0.7 if strategy != "full" else 1.0, None, (4,))
+    sched = Schedule(6, 1, 1, 0.7, None, (4,)) if strategy != "full" else Schedule(6, 6, 1, 1.0)
     planned = plan(sched, num_samples=n)
     for e, p in zip(s["epochs"], planned.epochs):
         assert abs(e["samples"] - p.size) < gb  # within one global batch (padding only)
@@ -58,9 +66,9 @@ def test_two_rank_training_matches_plan(tiny_data, tmp_path, dap_run, strategy):
         assert e["samples"] == e["subset"] + e["padding"] and 0 <= e["padding"] < 2  # counted exactly
     assert s["compute_ratio_planned"] == s["compute_ratio_planned_run"] == pytest.approx(planned.compute_ratio)
     assert abs(s["compute_ratio_measured"] - s["compute_ratio_planned"]) < 6 * gb / (6 * n)
-    # epoch 6 would end in a drop, but nothing trains after it: no merge, no selection
-    assert [e["after"] for e in s["epochs"]] == (["stay", "drop", "drop", "pick", "drop", "end"] if strategy != "full"
-                                                 else ["stay", "stay", "stay", "pick", "stay", "end"])
+    # the drop due after the final epoch is made too: an extension continues from it as planned
+    assert [e["after"] for e in s["epochs"]] == (["stay", "drop", "drop", "pick", "drop", "drop"] if strategy != "full"
+                                                 else ["stay"] * 6)
     # one model on every rank, at the start and at the end
     assert len(s["replicas"]["start"]) == 2 and len(set(s["replicas"]["start"])) == 1
     assert len(s["replicas"]["end"]) == 2 and len(set(s["replicas"]["end"])) == 1
@@ -90,7 +98,8 @@ def test_resume_is_exact_and_leaves_identical_replicas(tiny_data, tmp_path, dap_
     # compute over the 3 epochs done, beside the plan for the same 3 epochs (not divided by 6)
     assert stopped["compute_ratio_measured"] == pytest.approx(stopped["compute_ratio_planned"], abs=0.01)
     assert stopped["compute_ratio_measured"] == pytest.approx((400 + 400 + 280) / (3 * 400), abs=0.01)
-    horovodrun(2, [DAP_HVD, "train", "--resume", part, "--no-progress"], timeout=300)
+    p = horovodrun(2, [DAP_HVD, "train", "--resume", part, "--no-progress"], timeout=300)
+    assert f"resuming {part} from epoch 3 (checkpoint {part / 'checkpoints' / 'epoch-0003.pt'})" in p.stdout
     full, resumed = summary(dap_run), summary(part)
     a, b = full["epochs"], resumed["epochs"]
     assert [e["epoch"] for e in b] == list(range(1, 7))
@@ -105,11 +114,16 @@ def test_resume_is_exact_and_leaves_identical_replicas(tiny_data, tmp_path, dap_
     # every rank's full state (parameters, buffers) hashed alike right after the resume broadcast
     assert len(resumed["replicas"]["start"]) == 2 and len(set(resumed["replicas"]["start"])) == 1
     assert resumed["replicas"]["end"] == full["replicas"]["end"]  # the very same model at the end
-    # a finished run is extended by a larger --epochs
+    # a finished run is extended by a larger --epochs, and trains exactly what `plan` says for 8
+    # epochs: the drop due after epoch 6 was made when epoch 6 ended
     horovodrun(2, [DAP_HVD, "train", "--resume", part, "--epochs", "8", "--no-progress"], timeout=300)
     ext = summary(part)
     assert ext["epochs_completed"] == 8 and [e["selection_digest"] for e in ext["epochs"][:6]] == \
         [e["selection_digest"] for e in a]
+    p = run([DAP_HVD, "plan", *SCHED, "--epochs", "8", "--num-samples", str(ext["num_samples"]), "--json"])
+    planned = json.loads(p.stdout)
+    assert [e["subset"] for e in ext["epochs"]] == [e["size"] for e in planned["epochs"]]
+    assert ext["compute_ratio_planned"] == pytest.approx(planned["compute_ratio"])
 
 
 def test_resume_replays_each_ranks_dropout(tiny_data, tmp_path):
