@@ -728,7 +728,7 @@ def _resume(r: Run, committed: Optional[dict] = None) -> RunState:
                 ckpt = committed
             else:
                 loaded = load_newest(r.run_dir, warn=log.warning)
-                ckpt, path = (None, None) if loaded is None else loaded
+                path, ckpt = (None, None) if loaded is None else loaded
             if ckpt is None:
                 raise DapError(f"--resume: no checkpoint in {r.run_dir / 'checkpoints'}")
             meta = json.loads(ckpt["state"])

@@ -174,6 +174,76 @@ def test_a_changed_schedule_is_refused_on_resume(tiny_data, tmp_path):
     assert p.returncode != 0
     assert re.search(r"error on rank 0: --resume: .*keep \(--keep\): 0\.7 then, 0\.8 now", p.stderr)
     assert re.search(r"error on rank 1: --resume: .*keep", p.stderr)  # every rank stops, none hangs
+    # the LR curve, the recipe, the input size and the precision are refused alike, every one named
+    p = run([DAP_HVD, "train", "--resume", out, "--no-progress", "--lr-schedule", "cosine", "--lr-warmup-epochs", "3",
+             "--label-smoothing", "0.2", "--weight-decay", "0.0005", "--momentum", "0.8", "--image-size", "40",
+             "--amp", "bf16"], timeout=300, check=False)
+    assert p.returncode == 2
+    for changed in ("optim.lr_schedule (--lr-schedule): 'step' then, 'cosine' now",
+                    "optim.lr_warmup_epochs (--lr-warmup-epochs): 1.0 then, 3.0 now",
+                    "optim.label_smoothing (--label-smoothing): 0.1 then, 0.2 now",
+                    "optim.weight_decay (--weight-decay): 0.0001 then, 0.0005 now",
+                    "optim.momentum (--momentum): 0.9 then, 0.8 now", "data.image_size (--image-size): 32 then, 40 now",
+                    "optim.amp (--amp): 'auto' then, 'bf16' now"):
+        assert changed in p.stderr
+
+
+def test_lr_on_resume_is_the_same_whether_or_not_the_global_batch_changed(tiny_data, tmp_path):
+    import yaml
+
+    out = tmp_path / "lr"
+    args = [DAP_HVD, "train", "--data", tiny_data, "--out", out, *SCHED, *COMMON, *short(2)]
+    p = run([*args, "--stop-after", "1", "--resume", "auto"], timeout=300)
+    assert f"--resume auto: {out} holds no run to continue" in p.stdout and "starting a fresh run" in p.stdout
+    shutil.copytree(out, tmp_path / "lr2")
+    for folder, batch in ((out, "16"), (tmp_path / "lr2", "8")):  # global batch 16 as before, then 8
+        p = run([DAP_HVD, "train", "--resume", folder, "--no-progress", "--batch-size", batch, "--lr", "0.05"],
+                timeout=300)
+        assert "replaces the run's base LR 0.2" in p.stdout
+        s = summary(folder)
+        # warm-up 1 epoch, no decay: epoch 2 runs at the base LR, --lr 0.05 in both cases
+        assert s["epochs"][1]["lr"] == pytest.approx(0.05)
+        assert yaml.safe_load((folder / "config.yaml").read_text())["optim"]["lr"] == 0.05
+    # without --lr, the run's own LR follows the global batch (linear rule), as before
+    p = run([DAP_HVD, "train", "--resume", out, "--no-progress", "--batch-size", "8", "--epochs", "3"], timeout=300)
+    assert summary(out)["epochs"][2]["lr"] == pytest.approx(0.05 * 8 / 16)
+
+
+def test_extending_an_infobatch_run_says_annealed_epochs_prune_again(tiny_data, tmp_path):
+    out = tmp_path / "ib"
+    run([DAP_HVD, "train", "--data", tiny_data, "--out", out, *COMMON, "--strategy", "infobatch", "--anneal", "0.5",
+         "--epochs", "2", "--lr-steps", "none"], timeout=300)
+    assert [e["after"] for e in summary(out)["epochs"]] == ["full", "end"]  # floor(0.5 x 2) = 1: epoch 2 anneals
+    p = run([DAP_HVD, "train", "--resume", out, "--no-progress", "--epochs", "6", "--stop-after", "3"], timeout=300)
+    assert "InfoBatch annealed epochs 2..2 on all data" in p.stdout
+    assert "over --epochs 6, epochs 3..3 prune again (floor(0.5 x 6) = 3) and the last 3 anneal" in p.stdout
+
+
+def test_an_exact_plan_that_differs_from_the_selection_is_an_error():
+    """The check every epoch runs before training: for an exact plan the subset is the planned
+    size (the LR grid and the planned compute hang on it), never silently rescaled."""
+    from dap_hvd.policy.policies import make_policy
+    from dap_hvd.train import PlanMismatch, check_plan
+
+    exact = make_policy("dap", Schedule(8, 1, 1, 0.7, None, ())).plan(400)
+    check_plan(exact, 3, 280)  # W=1: all 400 in epochs 1-2, then 280 after the drop after epoch 2
+    with pytest.raises(PlanMismatch, match=r"epoch 3: the dap plan trains 280 samples, but the selection holds 400"):
+        check_plan(exact, 3, 400)
+    bounded = make_policy("infobatch", Schedule(8, 1, 1, 1.0)).plan(400)
+    check_plan(bounded, 3, 250)  # InfoBatch's sizes depend on the scores: within bounds, not exact
+
+
+def test_an_older_finished_run_without_its_final_drop_is_not_extended_off_plan():
+    from dap_hvd.config import load_config
+    from dap_hvd.resume import unmade_final_step
+
+    cfg = load_config(None, {"epochs": 8, "warmup": 1, "interval": 1, "keep": 0.7, "reuse": "none",
+                             "lr_steps": "none"})
+    meta = dict(epoch=6, policy_state=dict(t_start=1, t_prev=6), history=[dict(after="end")])
+    assert "without making the drop due after it" in unmade_final_step(meta, cfg)
+    assert "epoch-0006.pt aside" in unmade_final_step(meta, cfg)
+    assert unmade_final_step(dict(meta, history=[dict(after="drop")]), cfg) is None  # made: extends as planned
+    assert unmade_final_step(dict(meta, policy_state=dict(t_start=1, t_prev=5)), cfg) is None  # nothing was due
 
 
 def test_evaluate_reproduces_the_runs_top1_exactly(dap_run):
