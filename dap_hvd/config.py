@@ -209,7 +209,7 @@ class TrainConfig:
 
     def small_image_note(self) -> Optional[str]:
         """What the small-image defaults chose, when they chose anything on the user's data."""
-        if self.data.is_sample or not self.data.small_images or (self.model and self.data.image_size):
+        if (self.model and self.data.image_size) or self.data.is_sample or not self.data.small_images:
             return None
         return (f"small images ({self.data.native_side} px) in {self.data.root}: {self.model_name} at "
                 f"{self.image_size} px (val resize {self.val_resize}, crop area >= {self.min_crop_area:g}, LR warm-up "
@@ -447,7 +447,7 @@ def resolve_schedule(strategy: str, values: dict, default_preset: str, problems:
     if not uses_schedule:  # only the run length counts: the preset's schedule is not this policy's
         params = dict(scaled.params)
     elif "reuse" not in values:  # R came from the preset: say so when the user's flags no longer fit it
-        misfit = [r for r in params["reuse"] if not (isinstance(params["warmup"], int) and params["warmup"] < r <= epochs)]
+        misfit = [r for r in params["reuse"] if not params["warmup"] < r <= epochs]
         if misfit:
             given = ", ".join(f"--{k} {values[k]}" for k in ("epochs", "warmup") if k in values)
             problems.append(f"schedule.reuse (--reuse): the '{preset}' preset reuses all data after epoch(s) "
@@ -472,7 +472,8 @@ def schedule_note(strategy: str, preset: ScaledPreset, given: set) -> Optional[s
     if not takes:
         return None
     what = preset.describe() if takes != ["lr_steps"] else preset.describe(schedule=False)
-    return f"schedule: the {what} (x{preset.epochs}/{PRESETS[preset.name]['epochs']}, rounded; `dap-hvd plan` shows the rule)"
+    return (f"schedule: the {what} (x{preset.epochs}/{PRESETS[preset.name]['epochs']}, rounded; "
+            f"`dap-hvd plan` shows the rule)")
 
 
 def _section_of(name: str) -> Optional[str]:

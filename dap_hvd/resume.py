@@ -63,6 +63,8 @@ def unmade_final_step(meta: dict, cfg: TrainConfig) -> Optional[str]:
     other sizes than the plan says."""
     done, state = meta["epoch"], meta.get("policy_state")
     history = meta.get("history") or []
+    if not set(SCHEDULE_PARAMS) <= set(REGISTRY[cfg.strategy].params):
+        return None  # only DaP's schedule drops or picks (old `full` runs kept its state, never its steps)
     if cfg.schedule.epochs <= done or not history or history[-1].get("after") != "end" or state is None:
         return None
     if done not in (state.get("t_prev"), state.get("t_start")):
