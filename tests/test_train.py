@@ -176,14 +176,14 @@ def test_a_changed_schedule_is_refused_on_resume(tiny_data, tmp_path):
     assert re.search(r"error on rank 1: --resume: .*keep", p.stderr)  # every rank stops, none hangs
     # the LR curve, the recipe, the input size and the precision are refused alike, every one named
     p = run([DAP_HVD, "train", "--resume", out, "--no-progress", "--lr-schedule", "cosine", "--lr-warmup-epochs", "3",
-             "--label-smoothing", "0.2", "--weight-decay", "0.0005", "--momentum", "0.8", "--image-size", "40",
+             "--label-smoothing", "0.2", "--weight-decay", "0.0005", "--momentum", "0.8", "--image-size", "24",
              "--amp", "bf16"], timeout=300, check=False)
     assert p.returncode == 2
     for changed in ("optim.lr_schedule (--lr-schedule): 'step' then, 'cosine' now",
                     "optim.lr_warmup_epochs (--lr-warmup-epochs): 1.0 then, 3.0 now",
                     "optim.label_smoothing (--label-smoothing): 0.1 then, 0.2 now",
                     "optim.weight_decay (--weight-decay): 0.0001 then, 0.0005 now",
-                    "optim.momentum (--momentum): 0.9 then, 0.8 now", "data.image_size (--image-size): 32 then, 40 now",
+                    "optim.momentum (--momentum): 0.9 then, 0.8 now", "data.image_size (--image-size): 32 then, 24 now",
                     "optim.amp (--amp): 'auto' then, 'bf16' now"):
         assert changed in p.stderr
 
