@@ -141,13 +141,13 @@ def bench_overhead(data: Path, work: Path, repeats: int) -> dict:
     """Same samples both ways: `dap` with p=1 drops every epoch (ledger, merge, select, broadcast
     all run, and keep everything), against `full` (no bookkeeping). Both feed their persistent
     pipelines a new permutation every epoch; the selection step's own time is reported separately."""
-    sched = ["--epochs", "4", "--warmup", "0", "--interval", "1", "--keep", "1.0", "--reuse", "4", "--lr-steps", "none",
-             "--eval-every", "100"]
+    length = ["--epochs", "4", "--lr-steps", "none", "--eval-every", "100"]
+    scheds = {"dap": [*length, "--warmup", "0", "--interval", "1", "--keep", "1.0", "--reuse", "4"], "full": length}
     rows = {"dap": [], "full": []}
     sel = []
     for r in range(repeats):
         for strategy in ("dap", "full") if r % 2 == 0 else ("full", "dap"):  # alternate to spread noise
-            s = train(data, work / f"ovh-{strategy}-{r}", "--strategy", strategy, *sched)
+            s = train(data, work / f"ovh-{strategy}-{r}", "--strategy", strategy, *scheds[strategy])
             assert s["compute_ratio_measured"] == 1.0
             train_s = sum(e["seconds"] for e in s["epochs"])
             rows[strategy].append(train_s)
@@ -231,11 +231,13 @@ def _switch_cost(cat, idx: np.ndarray, changes: int = 20) -> dict:
 SCHED = dict(epochs=12, warmup=3, interval=1, keep=0.8, reuse=(8,))
 
 
-def _sched_args(epochs=None, reuse=None) -> list:
+def _sched_args(epochs=None, reuse=None, dap=True) -> list:
+    """The run's length and LR shape, and DaP's schedule for dap/random (`dap`; full refuses it)."""
     s = SCHED
-    return ["--epochs", epochs or s["epochs"], "--warmup", s["warmup"], "--interval", s["interval"], "--keep", s["keep"],
-            "--reuse", ",".join(map(str, reuse or s["reuse"])), "--lr-steps", ",".join(map(str, reuse or s["reuse"])),
+    args = ["--epochs", epochs or s["epochs"], "--lr-steps", ",".join(map(str, reuse or s["reuse"])),
             "--lr-warmup-epochs", "1", "--eval-every", "4"]
+    return args + (["--warmup", s["warmup"], "--interval", s["interval"], "--keep", s["keep"],
+                    "--reuse", ",".join(map(str, reuse or s["reuse"]))] if dap else [])
 
 
 def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
@@ -253,17 +255,17 @@ def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
             out = work / f"acc-{name}-{seed}"
             common = ["--seed", seed]
             if name in ("full", "dap", "random"):
-                s = train(data, out, "--strategy", name, *_sched_args(), *common)
+                s = train(data, out, "--strategy", name, *_sched_args(dap=name != "full"), *common)
             elif name == "fewer_epochs":  # all data, same LR shape compressed into fewer epochs
                 step = max(1, round(SCHED["reuse"][0] * fewer / SCHED["epochs"]))
-                s = train(data, out, "--strategy", "full", *_sched_args(fewer, (step,)), *common)
+                s = train(data, out, "--strategy", "full", *_sched_args(fewer, (step,), dap=False), *common)
                 s["compute_ratio_measured"] *= fewer / SCHED["epochs"]  # relative to the full-length run
             else:  # a fixed random subset of the data, all epochs
                 from dap_hvd.bench_real import write_subset_list
 
                 fl = work / f"subset-{seed}.txt"
                 kept = write_subset_list(data, ratio, seed, fl)
-                s = train(data, out, "--strategy", "full", "--train-list", fl, *_sched_args(), *common)
+                s = train(data, out, "--strategy", "full", "--train-list", fl, *_sched_args(dap=False), *common)
                 s["compute_ratio_measured"] *= kept / len(cat)  # relative to the full dataset
             runs.setdefault(name, []).append(dict(top1=s["top1"], top5=s["top5"], compute=s["compute_ratio_measured"],
                                                   wall=s["elapsed_seconds"], epoch_seconds=sum(e["seconds"] for e in s["epochs"]),

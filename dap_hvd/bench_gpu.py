@@ -252,7 +252,7 @@ def matrix(data: Path, work: Path, logs: Optional[Path], steps: int = 150) -> li
     for name, flags in MODES.items():
         slug = "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
         args = ["--model", "resnet50", "--batch-size", str(BATCH), "--strategy", "full", "--epochs", "2",
-                        "--max-steps-per-epoch", str(steps), *SCHED, *flags]
+                        "--max-steps-per-epoch", str(steps), "--lr-steps", "none", *flags]
         r = train(data, work / f"matrix-{slug}", args, logs and logs / f"matrix-{slug}.log")
         row = dict(mode=name, flags=" ".join(flags), ok=r["ok"], seconds=r["seconds"])
         if r["ok"]:
@@ -303,7 +303,7 @@ def saving(data: Path, work: Path, logs: Optional[Path], epochs: int = 6) -> dic
     common = ["--model", "resnet50", "--batch-size", str(BATCH), "--epochs", str(epochs), "--eval-every", "100",
               "--amp", "bf16", "--channels-last", "on"]
     out = {}
-    for name, flags in (("full", ["--strategy", "full", *SCHED]), ("dap", DAP)):
+    for name, flags in (("full", ["--strategy", "full", "--lr-steps", "none"]), ("dap", DAP)):
         r = train(data, work / f"saving-{name}", [*common, *flags], logs and logs / f"saving-{name}.log", timeout=900)
         if not r["ok"]:
             return dict(ok=False, error=f"{name}: {r['error'][-600:]}")

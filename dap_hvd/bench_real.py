@@ -64,15 +64,14 @@ def _args(cfg: dict, policy: str, param, data: Path, work: Path, seed: int) -> l
     epochs, lr_steps = cfg["epochs"], cfg["lr_steps"]
     common = ["--data", data, "--model", cfg["model"], "--image-size", cfg["image_size"], "--val-resize",
               cfg["image_size"], "--min-crop-area", cfg["min_crop_area"], "--batch-size", cfg["batch_size"],
-              "--lr", cfg["lr"], "--lr-warmup-epochs", 1, "--seed", seed, "--eval-every", 1000,
-              "--warmup", cfg["warmup"], "--interval", 1, "--keep-checkpoints", 1]
-    reuse = ["--reuse", cfg["reuse"]]
-    if policy in ("dap", "random"):
-        return [*common, "--strategy", policy, "--keep", param, "--epochs", epochs, *reuse, "--lr-steps", _epochs_flag(lr_steps)]
+              "--lr", cfg["lr"], "--lr-warmup-epochs", 1, "--seed", seed, "--eval-every", 1000, "--keep-checkpoints", 1]
+    if policy in ("dap", "random"):  # only they read DaP's schedule (the others refuse its flags)
+        return [*common, "--strategy", policy, "--keep", param, "--epochs", epochs, "--warmup", cfg["warmup"],
+                "--interval", 1, "--reuse", cfg["reuse"], "--lr-steps", _epochs_flag(lr_steps)]
     if policy == "fewer_epochs":  # all data, the same LR shape compressed into fewer epochs
         steps = sorted({max(1, min(param, round(s * param / epochs))) for s in lr_steps})
-        return [*common, "--strategy", "full", "--epochs", param, "--reuse", "none", "--lr-steps", _epochs_flag(steps)]
-    tail = ["--epochs", epochs, *reuse, "--lr-steps", _epochs_flag(lr_steps)]
+        return [*common, "--strategy", "full", "--epochs", param, "--lr-steps", _epochs_flag(steps)]
+    tail = ["--epochs", epochs, "--lr-steps", _epochs_flag(lr_steps)]
     if policy == "fixed_subset":
         fl = work / f"subset-{param}-{seed}.txt"
         write_subset_list(data, param, seed, fl)

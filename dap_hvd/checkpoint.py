@@ -9,7 +9,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -69,8 +69,14 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     return stale
 
 
-def load_latest(run_dir: Path, warn=None) -> Optional[dict]:
-    """The newest readable checkpoint; `warn(message)` hears about each one skipped."""
+class Loaded(NamedTuple):
+    path: Path
+    ckpt: dict
+
+
+def load_newest(run_dir: Path, warn=None) -> Optional[Loaded]:
+    """The newest readable checkpoint and its path (None: there is none); `warn(message)` hears
+    about each one skipped."""
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         return None
@@ -84,5 +90,5 @@ def load_latest(run_dir: Path, warn=None) -> Optional[dict]:
             if warn is not None:
                 warn(f"--resume: cannot load {path} ({reason}); trying the one before it")
             continue
-        return ckpt
+        return Loaded(path, ckpt)
     raise DapError("--resume: no readable checkpoint: " + "; ".join(problems))

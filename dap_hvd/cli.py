@@ -44,11 +44,11 @@ def _schedule_overrides(a: argparse.Namespace) -> dict:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    """The plan without torch or pydantic: flags are typed by argparse, a --config file by YAML,
-    and the Schedule and policy classes check the ranges (the same checks `train` runs)."""
-    from dap_hvd.config import _NONE_WORDS, PolicyConfig, _csv, _schedule, check_policy_params  # as `train`
-    from dap_hvd.policy.policies import make_policy
-    from dap_hvd.policy.schedule import PRESET_LR_STEPS, PRESETS
+    """The plan that `train` would follow. From flags alone it needs neither torch nor pydantic
+    (argparse types the flags; the same resolution and range checks as `train` run on them);
+    with --config the whole file is loaded and checked as `train` loads it, so both report the
+    same problems."""
+    from dap_hvd.policy.schedule import PRESET_LR_STEPS, PRESETS, SCALING_RULE
 
     if a.list_presets:
         for name, p in PRESETS.items():
@@ -56,32 +56,13 @@ def cmd_plan(a: argparse.Namespace) -> int:
                   f"alpha={p['active'] or 'unlimited'} R={','.join(map(str, p['reuse'])) or '-'} "
                   f"LR x0.1 after {','.join(map(str, PRESET_LR_STEPS[name]))}")
         return 0
-    values, params, strategy = {}, {}, None
-    if a.config:  # the schedule and policy of a training config; flags beside it override them
-        from dap_hvd.config import _read_yaml
-
-        raw = _read_yaml(a.config)
-        values, params, strategy = raw.get("schedule") or {}, raw.get("policy") or {}, raw.get("strategy")
-        for name, section in (("schedule", values), ("policy", params)):
-            if not isinstance(section, dict):
-                raise ConfigError(f"--config: {a.config}: '{name}' must be a mapping")
-    values.update({k: v for k, v in _schedule_overrides(a).items() if v is not None})
-    try:
-        if "reuse" in values:
-            values["reuse"] = () if values["reuse"] is None else tuple(int(v) for v in _csv(values["reuse"]))
-        if "active" in values:
-            active = values["active"]
-            values["active"] = None if str(active).strip().lower() in _NONE_WORDS else int(active)
-    except ValueError as e:
-        raise ConfigError(f"--reuse/--active: expected whole epochs or none ({e})") from None
-    keys = [f.name for f in dataclasses.fields(PolicyConfig)]
-    params.update({k: getattr(a, k) for k in keys if getattr(a, k) is not None})
-    name = a.strategy or strategy or "dap"
-    check_policy_params(name, params)
-    policy = make_policy(name, _schedule(values, default_preset="imagenet"), **params)
+    policy, lr_steps, preset = _plan_from_config(a) if a.config else _plan_from_flags(a)
     p = policy.plan(a.num_samples)
     if a.json:
-        print(json.dumps(p.to_dict(), indent=1))
+        d = p.to_dict()
+        d.update(lr_steps=list(lr_steps), preset=dict(name=preset.name, epochs=PRESETS[preset.name]["epochs"],
+                                                      scaled=preset.scaled, rule=SCALING_RULE))
+        print(json.dumps(d, indent=1))
         return 0
     s = p.schedule
     if p.policy in ("dap", "random"):
@@ -89,7 +70,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
                 f"R={','.join(map(str, s.reuse)) or '-'}")
     else:
         what = " ".join([f"E={s.epochs}"] + [f"{k}={v}" for k, v in p.params.items()])
-    print(f"{p.policy}: {what}" + (f" N={p.num_samples}" if p.num_samples else ""))
+    print(f"{p.policy}: {what}" + (f" N={p.num_samples}" if p.num_samples else "")
+          + f"; LR x0.1 after {','.join(map(str, lr_steps)) or '-'}")
+    if preset.scaled:
+        print(f"from the {preset.describe(schedule=p.policy in ('dap', 'random'))}\n"
+              f"  (scaling: {SCALING_RULE}; flags given beside it win)")
     print(f"{'epoch':>5}  {'fraction':>15}  {'size':>17}  {'event':<7} after")
     for e in p.epochs:
         fraction = f"{e.fraction:.4f}" if e.exact else f"{e.low_fraction:.4f}..{e.fraction:.4f}"
@@ -102,6 +87,57 @@ def cmd_plan(a: argparse.Namespace) -> int:
         print(f"compute ratio: {low:.4f}..{high:.4f} (depends on the losses; the lower bound is in expectation, "
               f"if all but one sample scored below the mean; summary.json has the measured value)")
     return 0
+
+
+_PLAN_FLAGS = ("strategy", "preset", "epochs", "warmup", "interval", "keep", "active", "reuse", "prune_ratio",
+               "anneal", "fraction")
+
+
+def _plan_from_flags(a: argparse.Namespace):
+    """(policy, LR decay epochs, scaled preset) from the plan flags, checked as `train` checks them."""
+    from dap_hvd.config import NONE_WORDS, POLICY_KEYS, check_policy_params, csv_list, resolve_schedule
+    from dap_hvd.policy.policies import POLICIES, REGISTRY, make_policy
+    from dap_hvd.policy.schedule import Schedule
+
+    values = {k: v for k, v in _schedule_overrides(a).items() if v is not None}
+    problems: list[str] = []
+    try:
+        if "reuse" in values:
+            values["reuse"] = tuple(int(v) for v in csv_list(values["reuse"]))
+        if "active" in values:
+            active = values["active"]
+            values["active"] = None if str(active).strip().lower() in NONE_WORDS else int(active)
+    except ValueError as e:
+        problems.append(f"--reuse/--active: expected whole epochs or none ({e})")
+        values.pop("reuse", None), values.pop("active", None)
+    params = {k: getattr(a, k) for k in POLICY_KEYS if getattr(a, k) is not None}
+    name = a.strategy or "dap"
+    if name not in POLICIES:
+        raise ConfigError(f"strategy (--strategy): unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    reads = REGISTRY[name].params
+    resolved = resolve_schedule(name, {k: v for k, v in values.items() if k in ("preset", "epochs") or k in reads},
+                                "imagenet", problems)
+    check_policy_params(name, [("schedule", k) for k in values] + [("policy", k) for k in params], problems)
+    policy = None
+    try:  # the policy's own ranges, also when the schedule failed (over a stand-in of one epoch)
+        policy = make_policy(name, resolved.schedule if resolved else Schedule(1, 0, 1, 1.0), **params)
+    except ConfigError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))
+    return policy, resolved.preset.lr_steps, resolved.preset
+
+
+def _plan_from_config(a: argparse.Namespace):
+    """(policy, LR decay epochs, scaled preset) of a training config, loaded as `train` loads it."""
+    from dap_hvd.config import read_yaml, load_config
+    from dap_hvd.policy.schedule import scale_preset
+
+    overrides = {k: getattr(a, k) for k in _PLAN_FLAGS}
+    cfg = load_config(a.config, overrides)
+    given = (read_yaml(a.config).get("schedule") or {}).get("preset")
+    preset = a.preset or given or ("sample" if cfg.data.is_sample else "imagenet")
+    return cfg.make_policy(), cfg.lr_steps, scale_preset(preset, cfg.schedule.epochs)
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
@@ -187,7 +223,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             overrides["metrics_port"] = 0
         elif not mp.isdigit():
             raise ConfigError(f"--metrics-port: expected a port number, 0 or off, got {overrides['metrics_port']!r}")
-    yaml_path = a.config
+    yaml_path, notes = a.config, []
     if a.resume == "auto":  # a scheduler's requeue: continue the run in --out if there is one
         from dap_hvd.checkpoint import list_checkpoints
 
@@ -198,6 +234,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         overrides["resume"] = a.resume
         if a.resume:  # the run's own config.yaml (and the flags given) apply, as with --resume RUN_DIR
             overrides["out"], a.config = None, None
+        else:
+            notes.append(f"--resume auto: {out} holds no run to continue (no config.yaml with checkpoints); "
+                         f"starting a fresh run")
+    record = None
     if a.resume:
         if a.config:
             raise ConfigError("--config: cannot be combined with --resume (the run's own config.yaml is used)")
@@ -206,10 +246,15 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise ConfigError(f"--out: a resumed run stays in {a.resume}; drop --out {a.out}")
         if not Path(yaml_path).is_file():
             raise ConfigError(f"--resume: {a.resume} is not a run directory (no config.yaml)")
-    cfg = load_config(yaml_path, overrides)
+        from dap_hvd.config import read_yaml
+
+        record = read_yaml(yaml_path)
+        # The LR comes from the checkpoint (carried to the new global batch), unless --lr is given now.
+        (record.get("optim") or {}).pop("lr", None)
+    cfg = load_config(yaml_path if record is None else None, overrides, raw=record, notes=notes)
     from dap_hvd.train import main as train_main
 
-    return train_main(cfg, _mpi_comm(a))
+    return train_main(cfg, _mpi_comm(a), notes=tuple(notes))
 
 
 def _mpi_comm(a: argparse.Namespace):

@@ -9,13 +9,15 @@ field at once, so a user can fix them without reading code. No torch import.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterable, Literal, Optional
 
 from dap_hvd import ConfigError
-from dap_hvd.policy.policies import POLICIES, make_policy
-from dap_hvd.policy.schedule import PRESET_LR_STEPS, PRESETS, Schedule
+from dap_hvd.policy.policies import POLICIES, REGISTRY, SCHEDULE_PARAMS, make_policy
+from dap_hvd.policy.schedule import PRESETS, SCALING_RULE, ScaledPreset, Schedule, scale_preset
 
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
           "densenet169", "mobilenet_v2", "mobilenet_v1", "resnet_small")
@@ -23,6 +25,40 @@ Model = Literal[MODELS]
 Strategy = Literal[tuple(POLICIES)]
 # pydantic's rules for every section: unknown keys are errors, and inf/nan are not numbers here.
 _STRICT = {"extra": "forbid", "allow_inf_nan": False}
+
+
+# Images at most this many px on their shorter side (CIFAR 32, Fashion-MNIST 28, the sample data's
+# 64) get the small-image defaults: resnet_small, a crop of at most 32 px, a 1-epoch LR warm-up.
+SMALL_IMAGE_SIDE = 64
+SMALL_CROP = 32
+
+
+@functools.lru_cache(maxsize=16)
+def image_side(root: str, train_list: Optional[str] = None) -> Optional[int]:
+    """The shorter side in px of the first training image (the first file of the first class
+    folder, or the file list's first line), read from its header; None when there is none or it
+    cannot be read (the catalog reports the real problem later)."""
+    from dap_hvd.data.catalog import IMAGE_EXTENSIONS
+
+    try:
+        if train_list:
+            with open(train_list, encoding="utf-8") as f:
+                first = next((line.split()[0] for line in f if line.strip()), None)
+            path = None if first is None else os.path.join(root, first)
+        else:
+            train = os.path.join(root, "train")
+            classes = sorted(e.path for e in os.scandir(train) if e.is_dir())
+            files = sorted(e.path for e in os.scandir(classes[0]) if e.name.lower().endswith(IMAGE_EXTENSIONS)) \
+                if classes else []
+            path = files[0] if files else None
+        if path is None:
+            return None
+        from PIL import Image  # reads the header only
+
+        with Image.open(path) as im:
+            return min(im.size)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def default_sample_root() -> Path:
@@ -53,8 +89,22 @@ class DataConfig:
     @property
     def is_sample(self) -> bool:
         """The embedded dataset (default), or any folder `make-sample-data` wrote: such data gets
-        the small-image defaults (32-px crops, resnet_small, the 'sample' preset)."""
+        the small-image defaults, the 'sample' preset and its LR rule."""
         return self.root is None or (Path(self.root) / "sample-spec.json").is_file()
+
+    @property
+    def native_side(self) -> Optional[int]:
+        """The shorter side of the training images (the first one's), None when unknown."""
+        return None if self.root is None else image_side(self.root, self.train_list)
+
+    @property
+    def small_images(self) -> bool:
+        """The sample data, or images of at most SMALL_IMAGE_SIDE px: resnet50 at 224 px would
+        upsample them many times over, for minutes per CPU step."""
+        if self.is_sample:
+            return True
+        side = self.native_side
+        return side is not None and side <= SMALL_IMAGE_SIDE
 
 
 @dataclass(frozen=True)
@@ -89,10 +139,6 @@ class PolicyConfig:
     fraction: float = 0.5  # rs2 r: the share of the data each epoch trains
 
 
-# Which policy reads which parameter: a parameter given for another policy is a mistake.
-POLICY_PARAMS = {"infobatch": ("prune_ratio", "anneal"), "rs2": ("fraction",)}
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     __pydantic_config__ = _STRICT
@@ -122,22 +168,31 @@ class TrainConfig:
     # Values that depend on the data, resolved here rather than scattered through the trainer.
     @property
     def model_name(self) -> str:
-        return self.model or ("resnet_small" if self.data.is_sample else "resnet50")
+        return self.model or ("resnet_small" if self.data.small_images else "resnet50")
 
     @property
     def image_size(self) -> int:
-        return self.data.image_size or (32 if self.data.is_sample else 224)
+        if self.data.image_size:
+            return self.data.image_size
+        if not self.data.small_images:
+            return 224
+        return min(SMALL_CROP, self.data.native_side or SMALL_CROP)
 
     @property
     def min_crop_area(self) -> float:
-        # 8% of a 64-px sample image is a sliver that rarely shows the shape at all.
+        # 8% of a small image is a sliver that rarely shows the object at all.
         if self.data.min_crop_area is not None:
             return self.data.min_crop_area
-        return 0.25 if self.data.is_sample else 0.08
+        return 0.25 if self.data.small_images else 0.08
 
     @property
     def val_resize(self) -> int:
-        return self.data.val_resize or int(round(self.image_size * 256 / 224))
+        if self.data.val_resize:
+            return self.data.val_resize
+        side = self.data.native_side
+        if self.data.small_images and side is not None and side <= self.image_size:
+            return self.image_size  # the whole image: a 28-px digit has no border to crop away
+        return int(round(self.image_size * 256 / 224))
 
     def base_lr(self, global_batch: int) -> float:
         """Linear scaling (Goyal et al.): 0.1 per 256 images. The tiny sample set with its small
@@ -150,16 +205,32 @@ class TrainConfig:
     def lr_warmup_epochs(self) -> float:
         if self.optim.lr_warmup_epochs is not None:
             return self.optim.lr_warmup_epochs
-        return 1.0 if self.data.is_sample else 5.0
+        return 1.0 if self.data.small_images else 5.0
+
+    def small_image_note(self) -> Optional[str]:
+        """What the small-image defaults chose, when they chose anything on the user's data."""
+        if (self.model and self.data.image_size) or self.data.is_sample or not self.data.small_images:
+            return None
+        return (f"small images ({self.data.native_side} px) in {self.data.root}: {self.model_name} at "
+                f"{self.image_size} px (val resize {self.val_resize}, crop area >= {self.min_crop_area:g}, LR warm-up "
+                f"{self.lr_warmup_epochs:g} epoch(s)); pass --model / --image-size to choose others")
 
     @property
     def lr_steps(self) -> tuple[int, ...]:
         return self.optim.lr_steps or ()  # resolved from the preset by load_config
 
     def make_policy(self):
-        p = self.policy
-        return make_policy(self.strategy, self.schedule, prune_ratio=p.prune_ratio, anneal=p.anneal,
-                           fraction=p.fraction)
+        return make_policy(self.strategy, self.schedule, **dataclasses.asdict(self.policy))
+
+    @property
+    def policy_params(self) -> dict:
+        """The values of the PolicyConfig parameters the chosen policy reads."""
+        return {k: getattr(self.policy, k) for k in REGISTRY[self.strategy].params if k in POLICY_KEYS}
+
+    def used_schedule(self) -> dict:
+        """The schedule as far as the chosen policy reads it: E, and DaP's parameters if it uses them."""
+        used = set(REGISTRY[self.strategy].params)
+        return {k: v for k, v in self.schedule.to_dict().items() if k == "epochs" or k in used}
 
     @property
     def data_root(self) -> Path:
@@ -177,7 +248,7 @@ _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "policy": PolicyConfig}
 _SCHEDULE_TYPES = {"preset": str, "epochs": int, "warmup": int, "interval": int, "keep": float,
                    "active": Optional[int], "reuse": tuple[int, ...]}
 _FLAGS = {"root": "--data"}  # where the CLI flag is not the key's name
-_NONE_WORDS = ("none", "inf", "unlimited", "")
+NONE_WORDS = ("none", "inf", "unlimited", "")
 
 
 def _where(section: Optional[str], key: str) -> str:
@@ -212,68 +283,100 @@ def _section(cls, section: Optional[str], values: dict, **given) -> Any:
     return _by_field(section, cls, lambda: TypeAdapter(cls).validate_python({**values, **given}))
 
 
-def _csv(value: Any) -> Any:
+def csv_list(value: Any) -> Any:
     """The CLI's (and YAML's, if quoted) list syntax: "30,60,90", or none/"" for the empty list."""
     if isinstance(value, str):
-        return [] if value.strip().lower() in _NONE_WORDS else [v.strip() for v in value.split(",") if v.strip()]
+        return [] if value.strip().lower() in NONE_WORDS else [v.strip() for v in value.split(",") if v.strip()]
     return value
 
 
+POLICY_KEYS = tuple(f.name for f in dataclasses.fields(PolicyConfig))
+# A stand-in for the sections that failed their type check, so the others are still checked.
+_PLACEHOLDER = Schedule(epochs=1, warmup=0, interval=1, keep=1.0)
+
+
 def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = None,
-                raw: Optional[dict] = None) -> TrainConfig:
+                raw: Optional[dict] = None, notes: Optional[list] = None) -> TrainConfig:
     """Build the run's config. `overrides` maps flag names (batch_size, keep, ...) or dotted
-    YAML keys (data.batch_size) to values; None values mean 'not given'. `raw` is an already
-    parsed config tree (a checkpoint's own), used instead of a YAML file."""
+    YAML keys (data.batch_size) to values; None values mean 'not given'. `raw` is a run's own
+    config tree (a checkpoint's, or config.yaml on --resume), used instead of a YAML file: it was
+    checked when it was written, and the keys its policy does not read (which older runs wrote
+    too) are dropped rather than refused. Every bad field, from the file and the flags alike,
+    is named in one ConfigError. `notes` (a list) receives what the defaults chose, for the log."""
     source = yaml_path or "config"
-    raw = dict(raw) if raw is not None else (_read_yaml(yaml_path) if yaml_path else {})
+    record = raw is not None
+    raw = dict(raw) if raw is not None else (read_yaml(yaml_path) if yaml_path else {})
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    problems: list[str] = []
+
     tree: dict = {}
     for name in ("schedule", *_SECTIONS):
         section = raw.pop(name, None) or {}
         if not isinstance(section, dict):
-            raise ConfigError(f"{source}: '{name}' must be a mapping of keys to values, "
-                              f"got {type(section).__name__} {section!r}")
+            problems.append(f"{source}: '{name}' must be a mapping of keys to values, "
+                            f"got {type(section).__name__} {section!r}")
+            section = {}
         tree[name] = dict(section)
     tree[None] = raw
-
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
+    strategy = overrides.get("strategy", raw.get("strategy", "dap"))
+    entry = REGISTRY.get(strategy) if isinstance(strategy, str) else None
+    if record and entry is not None:
+        for name in ("schedule", "policy"):
+            tree[name] = {k: v for k, v in tree[name].items() if k in entry.params or k in ("preset", "epochs")}
+    for key, value in overrides.items():
         section, _, name = key.rpartition(".")
         if not section:
             section = _section_of(name)
         tree[section or None][name] = value
     if "lr_steps" in tree["optim"]:
-        tree["optim"]["lr_steps"] = _csv(tree["optim"]["lr_steps"])
-
-    # Every section is checked before any error is raised: one message lists every bad field.
-    problems: list[str] = []
+        tree["optim"]["lr_steps"] = csv_list(tree["optim"]["lr_steps"])
 
     def checked(build):
         try:
             return build()
         except ConfigError as e:
             problems.append(str(e))
+            return None
 
-    values = {key: checked(lambda: _schedule_value(key, value)) for key, value in tree["schedule"].items()}
+    # ---- types, section by section (pydantic); a section that fails is left out of the checks below
+    values = {}
+    for key, value in tree["schedule"].items():
+        before = len(problems)
+        typed = checked(lambda: _schedule_value(key, value))
+        if len(problems) == before:
+            values[key] = typed
     data = checked(lambda: _section(DataConfig, "data", tree["data"]))
     optim = checked(lambda: _section(OptimConfig, "optim", tree["optim"]))
     policy = checked(lambda: _section(PolicyConfig, "policy", tree["policy"]))
+    top = checked(lambda: _section(TrainConfig, None, tree[None], schedule=_PLACEHOLDER, data=DataConfig(),
+                                   optim=OptimConfig(), policy=PolicyConfig()))
+
+    # ---- which parameters the policy reads, the schedule against its preset, each range
+    sample = data.is_sample if data is not None else tree["data"].get("root") is None
+    used = [k for k in values if entry is None or k in ("preset", "epochs") or k in entry.params]
+    resolved = resolve_schedule(strategy if entry is not None else "dap", {k: values[k] for k in used},
+                                "sample" if sample else "imagenet", problems)
+    if entry is not None:
+        check_policy_params(strategy, [("schedule", k) for k in tree["schedule"]] +
+                            [("policy", k) for k in tree["policy"] if k in POLICY_KEYS], problems)
+    if resolved is not None and optim is not None and optim.lr_steps is None:
+        optim = dataclasses.replace(optim, lr_steps=resolved.preset.lr_steps)
+    policy_obj = None
+    if entry is not None and policy is not None:
+        policy_obj = checked(lambda: make_policy(strategy, resolved.schedule if resolved else _PLACEHOLDER,
+                                                 **dataclasses.asdict(policy)))
+    _validate(problems, data, optim, top, resolved.schedule if resolved else None, policy_obj)
     if problems:
-        raise ConfigError("; ".join(problems))
-    preset = values.get("preset") or ("sample" if data.is_sample else "imagenet")
-    schedule = _schedule(values, default_preset=preset)
-    if optim.lr_steps is None:  # the preset's decay epochs; a preset value that no longer fits is named
-        steps = PRESET_LR_STEPS.get(preset, ())
-        late = [e for e in steps if e > schedule.epochs]
-        if late:
-            raise ConfigError(f"optim.lr_steps (--lr-steps): the '{preset}' preset decays the LR after epoch(s) "
-                              f"{','.join(map(str, late))}, beyond --epochs {schedule.epochs}; "
-                              f"pass --lr-steps to override it (e.g. --lr-steps {max(1, schedule.epochs * 2 // 3)})")
-        optim = dataclasses.replace(optim, lr_steps=tuple(steps))
-    cfg = _section(TrainConfig, None, tree[None], schedule=schedule, data=data, optim=optim, policy=policy)
-    check_policy_params(cfg.strategy, tree["policy"])
-    cfg.make_policy()  # each policy checks the ranges of its own parameters
-    _validate(cfg)
+        raise ConfigError("; ".join(dict.fromkeys(problems)))  # in order, each once
+    cfg = dataclasses.replace(top, schedule=resolved.schedule, data=data, optim=optim, policy=policy)
+    if notes is not None:
+        note = schedule_note(strategy, resolved.preset, given=set(values) | ({"lr_steps"} if "lr_steps" in tree["optim"]
+                                                                              else set()))
+        if note:
+            notes.append(note)
+        small = cfg.small_image_note()
+        if small:
+            notes.append(small)
     return cfg
 
 
@@ -285,23 +388,92 @@ def _schedule_value(key: str, value: Any) -> Any:
     if key not in _SCHEDULE_TYPES:
         raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(_SCHEDULE_TYPES)}")
     if key == "reuse":
-        value = () if value is None else _csv(value)
-    elif key == "active" and isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
+        value = () if value is None else csv_list(value)
+    elif key == "active" and isinstance(value, str) and value.strip().lower() in NONE_WORDS:
         value = None
     return _by_field("schedule", Schedule, lambda: TypeAdapter(_SCHEDULE_TYPES[key]).validate_python(value), key=key)
 
 
-def check_policy_params(strategy: str, given) -> None:
-    """A policy parameter given for another policy would be silently ignored: refuse it (train
-    and plan alike)."""
-    for key in sorted(given):
-        users = [name for name, keys in POLICY_PARAMS.items() if key in keys]
+def _flags(keys: Iterable[str]) -> str:
+    return ", ".join(_FLAGS.get(k, "--" + k.replace("_", "-")) for k in keys)
+
+
+def check_policy_params(strategy: str, given: Iterable[tuple[str, str]], problems: list) -> None:
+    """A parameter the chosen policy does not read would be silently ignored: each one given
+    (as (section, key)) is a problem naming the policies that read it and the flags this one
+    reads (train and plan alike). Unknown keys are the type check's to report."""
+    reads = REGISTRY[strategy].params
+    for section, key in given:
+        if key in ("preset", "epochs") or key in reads:
+            continue
+        users = [name for name, e in REGISTRY.items() if key in e.params]
         if not users:
-            known = ", ".join(sorted(k for keys in POLICY_PARAMS.values() for k in keys))
-            raise ConfigError(f"unknown config key 'policy.{key}'; known keys: {known}")
-        if strategy not in users:
-            raise ConfigError(f"{_where('policy', key)}: applies to --strategy {' or '.join(users)}, "
-                              f"not --strategy {strategy}")
+            continue
+        theirs = f"reads {_flags(reads)}" if reads else "reads only --epochs"
+        problems.append(f"{_where(section, key)}: applies to --strategy {' or '.join(users)}, not --strategy "
+                        f"{strategy}, which {theirs}")
+
+
+@dataclass(frozen=True)
+class ResolvedSchedule:
+    schedule: Schedule
+    preset: ScaledPreset  # the preset at the run's length (its LR decay epochs, and how it was scaled)
+
+
+def resolve_schedule(strategy: str, values: dict, default_preset: str, problems: list) -> Optional[ResolvedSchedule]:
+    """The schedule from a preset scaled to the run's --epochs and the values given beside it
+    (already typed: by pydantic for a config, by argparse for `plan`; only those the policy
+    reads). Every problem is appended to `problems`; None when the schedule cannot be built."""
+    values = dict(values)
+    preset = values.pop("preset", None) or default_preset
+    if preset not in PRESETS:
+        problems.append(f"schedule.preset (--preset): unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        return None
+    epochs = values.get("epochs", PRESETS[preset]["epochs"])
+    if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1):
+        problems.append(f"schedule.epochs (--epochs): epochs must be >= 1, got {epochs!r}")
+        # The preset cannot be scaled to it; the other values given are still checked, at the
+        # preset's own length.
+        trial = {**PRESETS[preset], "reuse": (), **values, "epochs": PRESETS[preset]["epochs"]}
+        try:
+            Schedule(**trial)
+        except ConfigError as e:
+            problems.append(str(e))
+        return None
+    scaled = scale_preset(preset, epochs)
+    params = dict(scaled.params)
+    params.update(values)
+    uses_schedule = set(SCHEDULE_PARAMS) <= set(REGISTRY[strategy].params)
+    if not uses_schedule:  # only the run length counts: the preset's schedule is not this policy's
+        params = dict(scaled.params)
+    elif "reuse" not in values:  # R came from the preset: say so when the user's flags no longer fit it
+        misfit = [r for r in params["reuse"] if not params["warmup"] < r <= epochs]
+        if misfit:
+            given = ", ".join(f"--{k} {values[k]}" for k in ("epochs", "warmup") if k in values)
+            problems.append(f"schedule.reuse (--reuse): the '{preset}' preset reuses all data after epoch(s) "
+                            f"{','.join(map(str, misfit))}{' at this length' if scaled.scaled else ''}, which does "
+                            f"not fit {given or 'the schedule'} (reuse epochs must lie in W+1..E = "
+                            f"{params['warmup'] + 1}..{epochs}); pass --reuse to override it, e.g. --reuse none")
+            return None
+    try:
+        return ResolvedSchedule(Schedule(**params), scaled)
+    except ConfigError as e:
+        problems.append(str(e))
+        return None
+
+
+def schedule_note(strategy: str, preset: ScaledPreset, given: set) -> Optional[str]:
+    """How --epochs scaled the preset, when the run takes any value from the scaled preset."""
+    if not preset.scaled:
+        return None
+    takes = [k for k in SCHEDULE_PARAMS if k in REGISTRY[strategy].params and k not in given and k != "keep"]
+    if "lr_steps" not in given:
+        takes.append("lr_steps")
+    if not takes:
+        return None
+    what = preset.describe() if takes != ["lr_steps"] else preset.describe(schedule=False)
+    return (f"schedule: the {what} (x{preset.epochs}/{PRESETS[preset.name]['epochs']}, rounded; "
+            f"`dap-hvd plan` shows the rule)")
 
 
 def _section_of(name: str) -> Optional[str]:
@@ -313,79 +485,71 @@ def _section_of(name: str) -> Optional[str]:
     return None
 
 
-def _schedule(values: dict, default_preset: str) -> Schedule:
-    """A Schedule from a preset and the values given beside it (already typed: by pydantic for a
-    config, by argparse for `plan`); Schedule checks their ranges."""
-    values = dict(values)
-    preset = values.pop("preset", None) or default_preset
-    if preset not in PRESETS:
-        raise ConfigError(f"schedule.preset (--preset): unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    params = dict(PRESETS[preset])
-    params.update(values)
-    if "reuse" not in values:  # R came from the preset: say so when the user's flags no longer fit it
-        misfit = [r for r in params["reuse"] if not params["warmup"] < r <= params["epochs"]]
-        if misfit:
-            given = ", ".join(f"--{k} {values[k]}" for k in ("epochs", "warmup") if k in values)
-            raise ConfigError(f"schedule.reuse (--reuse): the '{preset}' preset reuses all data after epoch(s) "
-                              f"{','.join(map(str, misfit))}, which does not fit {given or 'the schedule'} "
-                              f"(reuse epochs must lie in W+1..E = {params['warmup'] + 1}..{params['epochs']}); "
-                              f"pass --reuse to override it, e.g. --reuse none")
-    return Schedule(**params)
+def _validate(problems: list, d: Optional[DataConfig], o: Optional[OptimConfig], top: Optional[TrainConfig],
+              schedule: Optional[Schedule], policy) -> None:
+    """The ranges and combinations, of every section that passed its type check (None: it did
+    not): each failure is appended to `problems`."""
+    def check(cond: bool, section: Optional[str], key: str, msg: str) -> None:
+        if not cond:
+            problems.append(f"{_where(section, key)}: {msg}")
+
+    if d is not None:
+        check(d.batch_size >= 1, "data", "batch_size", f"must be >= 1, got {d.batch_size}")
+        check(d.workers is None or d.workers >= 1, "data", "workers", f"must be >= 1, got {d.workers}")
+        check(d.hw_decoder_load is None or 0 <= d.hw_decoder_load <= 1, "data", "hw_decoder_load",
+              f"must be in [0, 1], got {d.hw_decoder_load}")
+        check(d.image_size is None or d.image_size >= 8, "data", "image_size", f"must be >= 8, got {d.image_size}")
+        check(d.min_crop_area is None or 0 < d.min_crop_area <= 1, "data", "min_crop_area",
+              f"must be in (0, 1], got {d.min_crop_area}")
+        check(0 <= d.color_jitter <= 1, "data", "color_jitter", f"must be in [0, 1], got {d.color_jitter}")
+        check(d.pca_lighting >= 0, "data", "pca_lighting", f"must be >= 0, got {d.pca_lighting}")
+        root_ok = d.root is None or Path(d.root).is_dir()
+        check(root_ok, "data", "root", f"{d.root} is not a directory")
+        if root_ok and (d.image_size is None or d.image_size >= 8):
+            crop = TrainConfig(schedule=_PLACEHOLDER, data=d).image_size
+            check(d.val_resize is None or d.val_resize >= crop, "data", "val_resize",
+                  f"must be >= the crop size {crop}, got {d.val_resize}")
+    if o is not None:
+        # fp16 gradients scaled by the GradScaler (65536 at first) are cast to fp16 and *summed* across
+        # ranks before Horovod divides: they overflow, and most steps would be skipped.
+        check(not (o.amp == "fp16" and o.fp16_allreduce), "optim", "fp16_allreduce",
+              "cannot be combined with --amp fp16: the loss-scaled gradients overflow fp16 when summed across "
+              "ranks; use --amp bf16 with --fp16-allreduce, or drop --fp16-allreduce")
+        # SyncBatchNorm allreduces inside its forward and backward: a compiled graph would break at
+        # every BN layer, paying the compile time for nothing.
+        check(not (o.compile and o.sync_bn), "optim", "compile", "cannot be combined with --sync-bn: Horovod's "
+              "SyncBatchNorm calls an allreduce inside every BN layer, which splits the compiled graph at each one; "
+              "drop one of the two")
+        check(o.lr is None or o.lr > 0, "optim", "lr", f"must be > 0, got {o.lr}")
+        check(0 <= o.momentum < 1, "optim", "momentum", f"must be in [0, 1), got {o.momentum}")
+        check(o.weight_decay >= 0, "optim", "weight_decay", f"must be >= 0, got {o.weight_decay}")
+        check(0 <= o.label_smoothing < 1, "optim", "label_smoothing", f"must be in [0, 1), got {o.label_smoothing}")
+        check(o.lr_warmup_epochs is None or o.lr_warmup_epochs >= 0, "optim", "lr_warmup_epochs",
+              f"must be >= 0, got {o.lr_warmup_epochs}")
+        if schedule is not None:
+            for s in o.lr_steps or ():
+                check(1 <= s <= schedule.epochs, "optim", "lr_steps", f"epoch {s} outside 1..{schedule.epochs}")
+    if top is not None:
+        check(top.eval_every >= 1, None, "eval_every", f"must be >= 1, got {top.eval_every}")
+        check(top.keep_checkpoints >= 1, None, "keep_checkpoints", f"must be >= 1, got {top.keep_checkpoints}")
+        check(top.metrics_linger >= 0, None, "metrics_linger", f"must be >= 0, got {top.metrics_linger}")
+        check(0 <= top.metrics_port <= 65535, None, "metrics_port",
+              f"must be a port number or 0/off, got {top.metrics_port}")
+        if schedule is not None:
+            check(top.stop_after is None or 1 <= top.stop_after <= schedule.epochs, None, "stop_after",
+                  f"must be in 1..{schedule.epochs}, got {top.stop_after}")
+        check(top.max_steps_per_epoch is None or top.max_steps_per_epoch >= 1, None, "max_steps_per_epoch",
+              "must be >= 1")
+        # A capped epoch trains only part of the subset, so a loss-driven selection would rank
+        # samples it never saw. Refused rather than silently selecting among a part.
+        if policy is not None:
+            check(top.max_steps_per_epoch is None or not policy.uses_scores, None,
+                  "max_steps_per_epoch", f"cannot be combined with --strategy {top.strategy}, which ranks samples "
+                  f"by their losses; a capped epoch sees only part of the subset (use --strategy random, rs2 or "
+                  f"full to debug with capped epochs)")
 
 
-def _check(cond: bool, section: Optional[str], key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{_where(section, key)}: {msg}")
-
-
-def _validate(cfg: TrainConfig) -> None:
-    d, o = cfg.data, cfg.optim
-    _check(d.batch_size >= 1, "data", "batch_size", f"must be >= 1, got {d.batch_size}")
-    _check(d.workers is None or d.workers >= 1, "data", "workers", f"must be >= 1, got {d.workers}")
-    _check(d.hw_decoder_load is None or 0 <= d.hw_decoder_load <= 1, "data", "hw_decoder_load",
-           f"must be in [0, 1], got {d.hw_decoder_load}")
-    # fp16 gradients scaled by the GradScaler (65536 at first) are cast to fp16 and *summed* across
-    # ranks before Horovod divides: they overflow, and most steps would be skipped.
-    _check(not (o.amp == "fp16" and o.fp16_allreduce), "optim", "fp16_allreduce",
-           "cannot be combined with --amp fp16: the loss-scaled gradients overflow fp16 when summed across "
-           "ranks; use --amp bf16 with --fp16-allreduce, or drop --fp16-allreduce")
-    # SyncBatchNorm allreduces inside its forward and backward: a compiled graph would break at
-    # every BN layer, paying the compile time for nothing.
-    _check(not (o.compile and o.sync_bn), "optim", "compile", "cannot be combined with --sync-bn: Horovod's "
-           "SyncBatchNorm calls an allreduce inside every BN layer, which splits the compiled graph at each one; "
-           "drop one of the two")
-    _check(d.image_size is None or d.image_size >= 8, "data", "image_size", f"must be >= 8, got {d.image_size}")
-    _check(d.val_resize is None or d.val_resize >= cfg.image_size, "data", "val_resize",
-           f"must be >= the crop size {cfg.image_size}, got {d.val_resize}")
-    _check(d.min_crop_area is None or 0 < d.min_crop_area <= 1, "data", "min_crop_area",
-           f"must be in (0, 1], got {d.min_crop_area}")
-    _check(0 <= d.color_jitter <= 1, "data", "color_jitter", f"must be in [0, 1], got {d.color_jitter}")
-    _check(d.pca_lighting >= 0, "data", "pca_lighting", f"must be >= 0, got {d.pca_lighting}")
-    if d.root is not None:
-        _check(Path(d.root).is_dir(), "data", "root", f"{d.root} is not a directory")
-    _check(o.lr is None or o.lr > 0, "optim", "lr", f"must be > 0, got {o.lr}")
-    _check(0 <= o.momentum < 1, "optim", "momentum", f"must be in [0, 1), got {o.momentum}")
-    _check(o.weight_decay >= 0, "optim", "weight_decay", f"must be >= 0, got {o.weight_decay}")
-    _check(0 <= o.label_smoothing < 1, "optim", "label_smoothing", f"must be in [0, 1), got {o.label_smoothing}")
-    _check(o.lr_warmup_epochs is None or o.lr_warmup_epochs >= 0, "optim", "lr_warmup_epochs", f"must be >= 0, got {o.lr_warmup_epochs}")
-    for s in cfg.lr_steps:
-        _check(1 <= s <= cfg.schedule.epochs, "optim", "lr_steps", f"epoch {s} outside 1..{cfg.schedule.epochs}")
-    _check(cfg.eval_every >= 1, None, "eval_every", f"must be >= 1, got {cfg.eval_every}")
-    _check(cfg.keep_checkpoints >= 1, None, "keep_checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
-    _check(cfg.metrics_linger >= 0, None, "metrics_linger", f"must be >= 0, got {cfg.metrics_linger}")
-    _check(0 <= cfg.metrics_port <= 65535, None, "metrics_port", f"must be a port number or 0/off, got {cfg.metrics_port}")
-    _check(cfg.stop_after is None or 1 <= cfg.stop_after <= cfg.schedule.epochs, None, "stop_after",
-           f"must be in 1..{cfg.schedule.epochs}, got {cfg.stop_after}")
-    _check(cfg.max_steps_per_epoch is None or cfg.max_steps_per_epoch >= 1, None, "max_steps_per_epoch", "must be >= 1")
-    # A capped epoch trains only part of the subset, so a loss-driven selection would rank
-    # samples it never saw. Refused rather than silently selecting among a part.
-    _check(cfg.max_steps_per_epoch is None or not cfg.make_policy().uses_scores, None,
-           "max_steps_per_epoch", f"cannot be combined with --strategy {cfg.strategy}, which ranks samples "
-           f"by their losses; a capped epoch sees only part of the subset (use --strategy random, rs2 or full "
-           f"to debug with capped epochs)")
-
-
-def _read_yaml(path: str) -> dict:
+def read_yaml(path: str) -> dict:
     import yaml  # small, but only needed when a config file is given
 
     p = Path(path)

@@ -26,7 +26,7 @@ import torch
 
 from dap_hvd import ConfigError, DataError, DapError, DivergedError, dist, notice, rundir
 from dap_hvd.data.catalog import Catalog, cache_root, load_catalog
-from dap_hvd.checkpoint import checkpoint_epoch, list_checkpoints, load_latest, remove_stale_temps, save_checkpoint
+from dap_hvd.checkpoint import checkpoint_epoch, list_checkpoints, load_newest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
 from dap_hvd.devices import gpu_index
 from dap_hvd.engine import Precision, divergence, evaluate, train_one_epoch
@@ -39,6 +39,7 @@ from dap_hvd.models import build_classifier, param_groups
 from dap_hvd.policy.policies import Context, Policy, Selection, check_finite, selection_digest
 from dap_hvd.policy.schedule import DROP, PICK, DapState, Plan
 from dap_hvd.policy.scores import ScoreTable
+from dap_hvd.resume import changes, resume_lr, unmade_final_step
 from dap_hvd.data.sharding import shard_for_rank
 from dap_hvd.supervise import note_loader
 
@@ -140,11 +141,16 @@ class RunLog:
             pass
 
 
-def main(cfg: TrainConfig, comm=None) -> int:
+def main(cfg: TrainConfig, comm=None, notes: tuple = ()) -> int:
+    """`notes`: what the command line's defaults chose (a scaled preset, small-image defaults,
+    --resume auto starting fresh), said once by rank 0."""
     clock = Clock()
     world = dist.init(comm)
     run_dir = Path(cfg.resume or cfg.out)
     _setup_logging(world)
+    if world.is_root:
+        for note in notes:
+            log.info("%s", note)
     runlog = RunLog()
     # SLURM and horovodrun stop jobs with SIGTERM: end like Ctrl-C, with a resume hint.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -402,9 +408,12 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
     cfg, world = r.cfg, r.world
     t0 = time.perf_counter()
     selection = state.selection
-    final = epoch == cfg.schedule.epochs  # nothing trains after it: no scores, no selection
+    # Nothing trains after the final epoch in this run, but the policy still makes the step due
+    # after it (DaP's drop, with this epoch's scores): a larger --epochs continues from there.
+    final = epoch == cfg.schedule.epochs
     # Losses are recorded only in epochs whose scores the policy will use.
-    wants_scores = r.policy.needs_scores(epoch, state.policy_state) and not final
+    wants_scores = r.policy.needs_scores(epoch, state.policy_state)
+    check_plan(r.plan, epoch, len(selection.indices))
     shard = shard_for_rank(selection.indices, epoch=epoch, seed=cfg.seed, rank=world.rank, world=world.size,
                            batch_size=cfg.data.batch_size)
     ledger = LossLedger(selection.indices, r.precision.device) if wants_scores else None
@@ -498,8 +507,8 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
                  "" if not padding else f" +{padding} pad", f", {weighted} weighted" if weighted else "",
                  record["train_loss"], stats.last_lr,
                  "" if acc is None else f", top1 {acc.top1:.4f} top5 {acc.top5:.4f}", seconds,
-                 {DROP: f"drop to {nxt}", PICK: "pick all data", "end": "end of run", "prune": f"prune to {nxt}",
-                  "draw": f"draw {nxt}", "full": "all data"}.get(after, "same subset"))
+                 "end of run" if final else {DROP: f"drop to {nxt}", PICK: "pick all data", "prune": f"prune to {nxt}",
+                                             "draw": f"draw {nxt}", "full": "all data"}.get(after, "same subset"))
     # Rank 0 saves it; under --elastic every rank commits it, so any survivor can carry the run.
     payload = _checkpoint_payload(r, state, rng) if world.is_root or cfg.elastic else None
     if world.is_root:
@@ -509,6 +518,22 @@ def _train_epoch(r: Run, state: RunState, epoch: int) -> Optional[dict]:
         _write_json(r.run_dir / "summary.json", _summary(r, state))
     r.metrics.push()
     return payload
+
+
+def check_plan(plan: Plan, epoch: int, subset: int) -> None:
+    """An exact plan is what trains: its size for `epoch` is the subset's, or the LR grid (keyed
+    to the planned steps) and the planned compute would silently bend. A mismatch is a bug."""
+    if epoch > len(plan.epochs):
+        return
+    row = plan.epochs[epoch - 1]
+    if row.exact and row.size is not None and row.size != subset:
+        raise PlanMismatch(f"epoch {epoch}: the {plan.policy} plan trains {row.size} samples, but the selection "
+                           f"holds {subset}; an exact plan must match what trains (this is a bug: please report it "
+                           f"with the run's train.log)")
+
+
+class PlanMismatch(DapError):
+    """An exact policy's selection differs from its plan."""
 
 
 @dataclass(frozen=True)
@@ -748,10 +773,14 @@ def _resume(r: Run, committed: Optional[dict] = None) -> RunState:
     resuming = bool(cfg.resume) or committed is not None
     state = RunState(selection=r.policy.first(r.universe, cfg.seed), scores=ScoreTable(len(r.train_cat)),
                      policy_state=r.policy.initial_state(), run_id=cfg.run_id or f"{r.run_dir.name}-{int(time.time())}")
-    meta, ckpt, problem = None, None, None
+    meta, ckpt, problem, path = None, None, None, None
     if world.is_root and resuming:
         try:
-            ckpt = committed if committed is not None else load_latest(r.run_dir, warn=log.warning)
+            if committed is not None:
+                ckpt = committed
+            else:
+                loaded = load_newest(r.run_dir, warn=log.warning)
+                path, ckpt = (None, None) if loaded is None else loaded
             if ckpt is None:
                 raise DapError(f"--resume: no checkpoint in {r.run_dir / 'checkpoints'}")
             meta = json.loads(ckpt["state"])
@@ -759,6 +788,8 @@ def _resume(r: Run, committed: Optional[dict] = None) -> RunState:
             meta.setdefault("policy_state", meta.get("dap"))
             meta["has_scores"] = "scores" in ckpt
             _check_compatible(r, meta)
+            if path is not None:
+                log.info("resuming %s from epoch %d (checkpoint %s)", r.run_dir, meta["epoch"], path)
             r.model.load_state_dict(ckpt["model"])
             r.optimizer.load_state_dict(ckpt["optimizer"])
             if r.scaler is not None and ckpt.get("scaler"):
@@ -783,58 +814,52 @@ def _resume(r: Run, committed: Optional[dict] = None) -> RunState:
     state.memberships = shared.get("memberships", [])
     _restore_rng(world, ckpt, shared)
     old_gb, old_ws, new_gb = shared.get("global_batch"), shared.get("world_size"), cfg.data.batch_size * world.size
-    if old_gb is not None and old_gb != new_gb:
-        # The run's LR was set for its global batch; the linear rule carries it to the new one.
-        # The schedule is rebuilt on the new step counts, so decays stay at the same epochs.
-        r.base_lr = shared["base_lr"] * new_gb / old_gb
+    # An --lr given on this resume command (the run's own config.yaml leaves it unset) is the base
+    # LR from here on; otherwise the run's, by the linear rule in the global batch. An elastic
+    # restart always takes the commit's, carried to the new world.
+    given = cfg.optim.lr if committed is None and cfg.resume else None
+    base_lr = resume_lr(shared, given, new_gb) if "base_lr" in shared else r.base_lr
+    if base_lr != r.base_lr:
+        # The schedule is rebuilt on this world's step counts, so decays stay at the same epochs.
+        r.base_lr = base_lr
         epoch_steps = [b - a for a, b in zip(r.epoch_starts, r.epoch_starts[1:])]
         r.lr_schedule = _lr_schedule(cfg, r.base_lr, epoch_steps, r.full_epoch_steps)
     if world.is_root:
-        if old_gb is not None and (old_ws, old_gb) != (world.size, new_gb):
+        if given is not None and given != shared.get("base_lr"):
+            log.warning("resume: --lr %.4g replaces the run's base LR %.4g (global batch %s then, %d now)", given,
+                        shared.get("base_lr"), old_gb, new_gb)
+        elif old_gb is not None and (old_ws, old_gb) != (world.size, new_gb):
             log.warning("resume: %d ranks x batch %d now, %d x %d before: LR %.4g -> %.4g (linear rule in the "
                         "global batch); LR decays stay after epoch(s) %s", world.size, cfg.data.batch_size, old_ws,
                         old_gb // max(1, old_ws), shared["base_lr"], r.base_lr,
                         ",".join(map(str, cfg.lr_steps)) or "(none)")
+        planned = (shared.get("schedule") or {}).get("epochs", state.epoch)
         if state.epoch >= cfg.schedule.epochs:
             log.info("resume: %s already finished %d epochs; pass a larger --epochs to extend it", r.run_dir, state.epoch)
-        elif state.history and state.history[-1].get("after") == "end" and cfg.strategy in ("dap", "random"):
-            log.warning("resume: epoch %d was the final one, so the drop due after it was not made; the "
-                        "extension continues with its %d samples", state.epoch, len(state.selection.indices))
+        elif cfg.schedule.epochs > planned and getattr(r.policy, "extension_note", None):
+            note = r.policy.extension_note(state.epoch, planned)
+            if note:
+                log.warning("resume: %s", note)
     return state
 
 
 def _check_compatible(r: Run, meta: dict) -> None:
-    """What may change on resume: the world size and per-rank batch (the LR follows the global
-    batch), and a larger --epochs. What may not: anything that changes what the finished epochs
-    mean (schedule, LR decays, model, strategy, seed, dataset)."""
+    """Refuses a resume that would change what the finished epochs mean (resume.py says what may
+    change), or an extension that could not follow its plan."""
     cfg = r.cfg
-    old_sched = dict(meta.get("schedule") or {})
-    new_sched = cfg.schedule.to_dict()
-    changed = []
-    for key in ("warmup", "interval", "keep", "active", "reuse"):
-        if key in old_sched and old_sched[key] != new_sched[key]:
-            changed.append((f"schedule {key} (--{key})", old_sched[key], new_sched[key]))
-    for key, new in (("lr_steps", list(cfg.lr_steps)), ("model", cfg.model_name), ("strategy", cfg.strategy),
-                     ("policy", _policy_params(cfg)),
-                     ("seed", cfg.seed), ("dataset_digest", r.dataset_digest)):
-        if key in meta and meta[key] != new:
-            changed.append((key, meta[key], new))
+    changed = changes(meta, cfg, r.dataset_digest)
     if changed:
-        what = "; ".join(f"{k}: {o!r} then, {n!r} now" for k, o, n in changed)
+        what = "; ".join(f"{c.what}: {c.then!r} then, {c.now!r} now" for c in changed)
         extra = ""
-        if any(k == "dataset_digest" for k, _, _ in changed):
+        if any(c.what == "dataset_digest" for c in changed):
             extra = f" ({meta.get('num_samples')} usable training samples then, {len(r.universe)} now)"
         raise DapError(f"--resume: {r.run_dir} cannot continue with a different setup: {what}{extra}")
     if meta["epoch"] > cfg.schedule.epochs:
         raise DapError(f"--resume: {r.run_dir} already finished {meta['epoch']} epochs, more than --epochs "
                        f"{cfg.schedule.epochs}")
-
-
-def _policy_params(cfg: TrainConfig) -> dict:
-    """The parameters the chosen policy reads (a resume may not change them)."""
-    from dap_hvd.config import POLICY_PARAMS
-
-    return {k: getattr(cfg.policy, k) for k in POLICY_PARAMS.get(cfg.strategy, ())}
+    why = unmade_final_step(meta, cfg)
+    if why:
+        raise DapError(f"--resume: {r.run_dir} cannot be extended exactly: {why}")
 
 
 def _restore_policy_data(world: dist.World, ckpt: Optional[dict], shared: dict, num_samples: int):
@@ -875,7 +900,7 @@ def _checkpoint_payload(r: Run, state: RunState, rng: dict) -> dict:
     cfg = r.cfg
     ps = state.policy_state
     meta = dict(epoch=state.epoch, policy_state=None if ps is None else dict(t_start=ps.t_start, t_prev=ps.t_prev),
-                policy=_policy_params(cfg), weighted=state.selection.weights is not None,
+                policy=cfg.policy_params, weighted=state.selection.weights is not None,
                 history=state.history, samples_trained=state.samples_trained, epoch_seconds=state.epoch_seconds,
                 elapsed_seconds=state.elapsed_seconds,
                 memberships=state.memberships, run_id=state.run_id, strategy=cfg.strategy, seed=cfg.seed, model=cfg.model_name,
@@ -919,7 +944,7 @@ def _summary(r: Run, state: RunState) -> dict:
         "compute_ratio_planned_run": sum(r.planned_max) / (n * cfg.schedule.epochs) if r.plan.exact else None,
         "compute_ratio_planned_run_bounds": [sum(r.planned_min) / (n * cfg.schedule.epochs),
                                              sum(r.planned_max) / (n * cfg.schedule.epochs)],
-        "policy": {"name": cfg.strategy, **_policy_params(cfg)},
+        "policy": {"name": cfg.strategy, **cfg.policy_params},
         "score_table": {"scored": state.scores.scored(), "bytes": state.scores.nbytes,
                         "digest": state.scores.digest()},
         "samples_trained": state.samples_trained, "epochs_completed": state.epoch, "epochs": state.history,
@@ -939,7 +964,8 @@ def _resolved_config(cfg: TrainConfig, base_lr: float) -> dict:
     d = cfg.to_dict()
     d["resume"] = d["stop_after"] = None
     d["model"] = cfg.model_name
-    d["policy"] = _policy_params(cfg)  # only what the chosen policy reads: the others would be refused
+    d["policy"] = cfg.policy_params  # only what the chosen policy reads: the others would be refused
+    d["schedule"] = cfg.used_schedule()  # likewise: E, and DaP's parameters for dap and random
     d["data"].update(image_size=cfg.image_size, val_resize=cfg.val_resize, min_crop_area=cfg.min_crop_area)
     d["optim"].update(lr=base_lr, lr_steps=list(cfg.lr_steps), lr_warmup_epochs=cfg.lr_warmup_epochs)
     return d

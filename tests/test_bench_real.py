@@ -42,3 +42,16 @@ def test_conclusions_name_the_cheapest_point_within_half_a_point_and_the_dap_ran
     res["runs"] = [r for r in res["runs"] if r["policy"] != "rs2"]
     res["runs"] = [dict(r, top1=0.85) if r["policy"] == "dap" and r["set"] == "full" else r for r in res["runs"]]
     assert "No policy stays within 0.5 pt" in bench_real.render(res)
+
+
+def test_every_runs_flags_are_ones_its_policy_reads(tmp_path):
+    """A flag a policy does not read is refused: the sweep gives each policy only its own."""
+    from dap_hvd.cli import _NOT_CONFIG, build_parser
+    from dap_hvd.config import load_config
+
+    params = {"full": None, "dap": 0.7, "random": 0.7, "fewer_epochs": 5, "infobatch": 0.5, "rs2": 0.5}
+    for policy, param in params.items():
+        args = bench_real._args(bench_real.SMALL, policy, param, tmp_path, tmp_path, 0)
+        a = build_parser().parse_args(["train", *map(str, args)])
+        cfg = load_config(None, {k: v for k, v in vars(a).items() if k not in _NOT_CONFIG})
+        assert cfg.schedule.epochs == (param if policy == "fewer_epochs" else bench_real.SMALL["epochs"])

@@ -55,14 +55,14 @@ def test_gpu_benchmark_says_it_was_skipped_on_a_cpu_host(tmp_path):
 
 def test_plan_gives_rs2_exactly_and_infobatch_within_bounds(capsys):
     assert main(["plan", "--strategy", "rs2", "--fraction", "0.25", "--epochs", "8", "--num-samples", "1000",
-                 "--reuse", "none", "--json"]) == 0
+                 "--json"]) == 0
     p = json.loads(capsys.readouterr().out)
     assert p["policy"] == "rs2" and p["compute_ratio"] == p["compute_ratio_min"] == p["compute_ratio_max"] == 0.25
     assert [e["size"] for e in p["epochs"]] == [250] * 8
-    assert main(["plan", "--strategy", "infobatch", "--epochs", "8", "--reuse", "none", "--num-samples", "1000"]) == 0
+    assert main(["plan", "--strategy", "infobatch", "--epochs", "8", "--num-samples", "1000"]) == 0
     out = capsys.readouterr().out
     assert "501..1000" in out and "depends on the losses" in out
-    assert main(["plan", "--strategy", "infobatch", "--epochs", "8", "--reuse", "none", "--json"]) == 0
+    assert main(["plan", "--strategy", "infobatch", "--epochs", "8", "--json"]) == 0
     p = json.loads(capsys.readouterr().out)
     # floor(0.875 * 8) = 7: epochs 2..7 may prune to half, 1 and 8 use all data
     assert p["compute_ratio"] is None and p["compute_ratio_min"] == __import__("pytest").approx((2 + 6 * 0.5) / 8)
@@ -71,3 +71,48 @@ def test_plan_gives_rs2_exactly_and_infobatch_within_bounds(capsys):
 def test_plan_refuses_a_parameter_of_another_policy(capsys):
     assert main(["plan", "--fraction", "0.3"]) == 2
     assert "policy.fraction (--fraction): applies to --strategy rs2, not --strategy dap" in capsys.readouterr().err
+    # RS2 would train its default 50%: the flag it reads is named
+    assert main(["plan", "--strategy", "rs2", "--keep", "0.3"]) == 2
+    assert "schedule.keep (--keep): applies to --strategy dap or random, not --strategy rs2, which reads --fraction" \
+        in capsys.readouterr().err
+    assert main(["plan", "--strategy", "full", "--reuse", "8", "--interval", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "schedule.reuse (--reuse)" in err and "schedule.interval (--interval)" in err and "only --epochs" in err
+
+
+def test_plan_of_a_policy_without_daps_schedule_fits_any_length(capsys):
+    # the default imagenet preset reuses all data after 30,60,90 epochs; RS2 reuses nothing
+    assert main(["plan", "--strategy", "rs2", "--fraction", "0.5", "--epochs", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rs2: E=8 fraction=0.5; LR x0.1 after 2,4,6") and "compute ratio: 0.5000" in out
+
+
+def test_plan_prints_the_preset_scaled_to_the_epochs_and_its_rule(capsys):
+    assert main(["plan", "--epochs", "40", "--num-samples", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dap: E=40 W=3 I=1 p=0.9 alpha=3 R=10,20,30 N=1000; LR x0.1 after 10,20,30")
+    assert "'imagenet' preset (120 epochs) scaled to 40" in out and "rounded to the nearest epoch (halves up)" in out
+    assert "compute ratio: 0.85" in out
+    assert main(["plan", "--epochs", "40", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["lr_steps"] == [10, 20, 30] and d["preset"]["scaled"] and len(d["epochs"]) == 40
+    assert main(["plan", "--epochs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "dap-hvd plan: error: schedule.epochs (--epochs): epochs must be >= 1, got 0"
+
+
+def test_plan_config_reports_the_same_problems_as_train(tmp_path, capsys):
+    from test_config import BAD_YAML, BAD_YAML_FIELDS
+
+    from dap_hvd import ConfigError
+    from dap_hvd.config import load_config
+
+    y = tmp_path / "bad.yaml"
+    y.write_text(BAD_YAML)
+    try:
+        load_config(str(y))
+    except ConfigError as e:
+        expected = str(e)
+    assert main(["plan", "--config", str(y)]) == 2
+    assert capsys.readouterr().err.strip() == f"dap-hvd plan: error: {expected}"
+    assert all(field in expected for field in BAD_YAML_FIELDS)

@@ -6,6 +6,7 @@ import pytest
 
 from dap_hvd import ConfigError
 from dap_hvd.config import load_config
+from dap_hvd.policy.schedule import PRESETS, Schedule
 
 
 def test_yaml_then_cli_precedence(tmp_path):
@@ -22,7 +23,8 @@ def test_yaml_then_cli_precedence(tmp_path):
 
 def test_sample_defaults():
     cfg = load_config(None, {"reuse": "4,8", "epochs": 10})
-    assert cfg.model_name == "resnet_small" and cfg.image_size == 32 and cfg.lr_steps == (8,)
+    # the sample preset's LR decay (after 8 of 12 epochs) scales to --epochs 10: 8 x 10/12 = 6.67 -> 7
+    assert cfg.model_name == "resnet_small" and cfg.image_size == 32 and cfg.lr_steps == (7,)
 
 
 @pytest.mark.parametrize("preset,reuse,expected", [
@@ -43,16 +45,116 @@ def test_reuse_none_is_accepted_like_active_none():
     assert cfg.schedule.reuse == () and cfg.schedule.active is None
 
 
-def test_a_preset_value_that_conflicts_with_a_flag_names_both():
+def test_a_preset_scales_to_the_epochs_asked_for():
+    # the imagenet preset over 40 of its 120 epochs: every epoch count x 1/3, to the nearest epoch
+    cfg = load_config(None, {"preset": "imagenet", "epochs": 40})
+    assert cfg.schedule == Schedule(epochs=40, warmup=3, interval=1, keep=0.9, active=3, reuse=(10, 20, 30))
+    assert cfg.lr_steps == (10, 20, 30)
+    # the sample preset over 4 epochs (its reuse and LR decay after 8 of 12 do not fit 4 unscaled)
+    cfg = load_config(None, {"epochs": 4})
+    assert (cfg.schedule.warmup, cfg.schedule.reuse, cfg.lr_steps) == (1, (3,), (3,))
+    # a flag given beside the preset wins over its scaled value
+    cfg = load_config(None, {"preset": "imagenet", "epochs": 40, "warmup": 5, "lr_steps": "30"})
+    assert (cfg.schedule.warmup, cfg.schedule.reuse, cfg.lr_steps) == (5, (10, 20, 30), (30,))
+    # ... and a combination that cannot work is refused, naming both values
     with pytest.raises(ConfigError) as e:
-        load_config(None, {"epochs": 4})  # the sample preset reuses after epoch 8
+        load_config(None, {"preset": "imagenet", "epochs": 40, "warmup": 20})
     msg = str(e.value)
-    assert "'sample' preset" in msg and "8" in msg and "--epochs 4" in msg and "--reuse" in msg
+    assert "'imagenet' preset" in msg and "10,20" in msg and "--epochs 40" in msg and "--warmup 20" in msg
+    assert "--reuse" in msg
+    # the preset's own length leaves it as the paper has it
+    assert load_config(None, {"preset": "imagenet", "epochs": 120}).schedule == Schedule(**PRESETS["imagenet"])
+
+
+@pytest.mark.parametrize("strategy,flag", [("rs2", {"fraction": 0.5}), ("full", {}),
+                                           ("infobatch", {"prune_ratio": 0.3})])
+def test_policies_without_daps_schedule_are_not_checked_against_it(strategy, flag):
+    # the imagenet preset unscaled reuses all data after 30, 60, 90: no such epoch exists in 8,
+    # and none of these policies reuses data
+    cfg = load_config(None, {"preset": "imagenet", "strategy": strategy, "epochs": 8, **flag})
+    assert cfg.schedule.epochs == 8 and cfg.make_policy().plan(100).epochs[-1].epoch == 8
+
+
+@pytest.mark.parametrize("strategy,given,reads", [
+    ("rs2", {"keep": 0.3}, "which reads --fraction"),
+    ("rs2", {"reuse": "none"}, "which reads --fraction"),
+    ("infobatch", {"interval": 5}, "which reads --prune-ratio, --anneal"),
+    ("full", {"keep": 0.3}, "which reads only --epochs"),
+    ("full", {"warmup": 1}, "which reads only --epochs"),
+    ("dap", {"fraction": 0.5}, "which reads --warmup, --interval, --keep, --active, --reuse"),
+])
+def test_a_flag_the_policy_does_not_read_is_refused_naming_the_ones_it_does(strategy, given, reads):
     with pytest.raises(ConfigError) as e:
-        load_config(None, {"epochs": 4, "reuse": "none"})  # ... and decays the LR after epoch 8
+        load_config(None, {"strategy": strategy, **given})
+    (key,) = given
+    assert f"(--{key.replace('_', '-')}): applies to --strategy" in str(e.value)
+    assert f"not --strategy {strategy}, {reads}" in str(e.value)
+
+
+def test_epochs_below_1_is_named_first():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"epochs": 0})
+    assert str(e.value) == "schedule.epochs (--epochs): epochs must be >= 1, got 0"
+
+
+def test_range_errors_are_reported_for_every_field_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"keep": 1.5, "lr": -1, "image_size": 0})
     msg = str(e.value)
-    assert "'sample' preset" in msg and "8" in msg and "--lr-steps" in msg and "--epochs 4" in msg
-    assert load_config(None, {"epochs": 4, "reuse": "none", "lr_steps": "3"}).lr_steps == (3,)
+    assert "--keep" in msg and "must be in (0, 1], got 1.5" in msg
+    assert "optim.lr (--lr): must be > 0, got -1" in msg and "data.image_size (--image-size): must be >= 8" in msg
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"epochs": 0, "keep": 1.5, "strategy": "rs2", "fraction": 2.0, "momentum": 1.0})
+    msg = str(e.value)
+    assert msg.startswith("schedule.epochs (--epochs): epochs must be >= 1")
+    for part in ("(--keep): applies to --strategy dap or random", "policy.fraction (--fraction): must be in (0, 1]",
+                 "optim.momentum (--momentum)"):
+        assert part in msg
+
+
+BAD_YAML = """\
+learning_rate: 0.1
+strategy: dap
+schedule: {epochs: many}
+policy: {fraction: 0.5}
+data: {batch_szie: 3, image_size: 0}
+optim: {lr: fast, momentum: 2}
+"""
+BAD_YAML_FIELDS = ("unknown config key 'learning_rate'", "schedule.epochs (--epochs): input should be a valid integer",
+                   "policy.fraction (--fraction): applies to --strategy rs2", "unknown config key 'data.batch_szie'",
+                   "optim.lr (--lr): input should be a valid number")
+
+
+def test_a_yaml_file_with_many_problems_gets_one_error_naming_each(tmp_path):
+    y = tmp_path / "bad.yaml"
+    y.write_text(BAD_YAML)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(y))
+    for field in BAD_YAML_FIELDS:
+        assert field in str(e.value)
+
+
+def test_small_images_get_the_small_model_and_size(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "fm"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("L", (28, 28), 40 * i).save(root / split / c / f"{i}.png")
+    notes = []
+    cfg = load_config(None, {"data.root": str(root), "epochs": 4}, notes=notes)
+    assert (cfg.model_name, cfg.image_size, cfg.val_resize, cfg.lr_warmup_epochs) == ("resnet_small", 28, 28, 1.0)
+    assert any(n.startswith(f"small images (28 px) in {root}: resnet_small at 28 px") for n in notes)
+    assert any("'imagenet' preset (120 epochs) scaled to 4" in n for n in notes)
+    cfg = load_config(None, {"data.root": str(root), "model": "resnet18", "image_size": 32})
+    assert (cfg.model_name, cfg.image_size) == ("resnet18", 32) and cfg.small_image_note() is None
+    big = tmp_path / "big"
+    (big / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (300, 200)).save(big / "train" / "a" / "0.jpg")
+    cfg = load_config(None, {"data.root": str(big)})
+    assert (cfg.model_name, cfg.image_size, cfg.lr_warmup_epochs) == ("resnet50", 224, 5.0)
 
 
 def test_capped_epochs_are_refused_for_loss_driven_selection():

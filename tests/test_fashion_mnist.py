@@ -103,3 +103,22 @@ def test_never_replaces_a_folder_it_did_not_write(idx_source, tmp_path, capsys):
     assert main(again) == 0  # its own dataset (another subset): replaced without --force
     assert main(["make-fashion-mnist", str(imagenet), "--force", *args]) == 0
     assert not (imagenet / "LICENSE.txt").exists() and len(list(imagenet.glob("train/*/*.png"))) == 20
+
+
+def test_a_short_run_on_fashion_mnist_just_works_with_defaults_that_fit(idx_source, tmp_path):
+    """The README's recipe: `--data FMNIST --epochs 4` with nothing else gives resnet_small at the
+    images' 28 px and the default preset scaled to 4 epochs, and says so."""
+    import json
+    import subprocess
+    import sys
+
+    data, out = tmp_path / "fm", tmp_path / "run"
+    write_fashion_mnist(data, FashionSpec(train_per_class=6, val_per_class=2), source=idx_source)
+    p = subprocess.run([sys.executable, "-m", "dap_hvd", "train", "--data", str(data), "--epochs", "4", "--out",
+                        str(out), "--no-progress", "--workers", "1", "--batch-size", "16"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"small images (28 px) in {data}: resnet_small at 28 px" in p.stdout
+    assert "'imagenet' preset (120 epochs) scaled to 4" in p.stdout
+    s = json.loads((out / "summary.json").read_text())
+    assert s["model"] == "resnet_small" and s["epochs_completed"] == 4

@@ -151,7 +151,9 @@ def test_dap_policy_walks_algorithm_1_and_keeps_the_hardest():
             assert min(scores[list(kept)]) >= max(scores[list(dropped)])
         state, sel = step.state, step.selection
     assert sizes == [e.size for e in plan(SCHED, n).epochs]
-    assert step.action == "end"  # the drop due after the last epoch is not made
+    # the drop due after the last epoch is made too: a run extended by --epochs trains its plan
+    assert step.action == "drop" and len(step.selection.indices) == [e.size for e in plan(
+        Schedule(**dict(SCHED.to_dict(), epochs=SCHED.epochs + 1)), n).epochs][-1]
 
 
 def test_dap_refuses_non_finite_scores_with_the_samples():

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from dap_hvd import ConfigError
-from dap_hvd.policy.schedule import DROP, PICK, STAY, DapState, Schedule, decide, initial_state, keep_count, plan
+from dap_hvd.policy.schedule import (DROP, PICK, PRESET_LR_STEPS, PRESETS, STAY, DapState, Schedule, decide,
+                                     initial_state, keep_count, plan, scale_preset)
 
 CIFAR = dict(epochs=300, warmup=40, interval=10, keep=0.9, active=None, reuse=(150,))
 IMAGENET = dict(epochs=120, warmup=10, interval=2, keep=0.9, active=10, reuse=(30, 60, 90))
@@ -104,3 +105,34 @@ def test_plan_cli_flags_override_preset(capsys):
     assert json.loads(capsys.readouterr().out)["compute_ratio"] == pytest.approx(0.79, abs=0.01)
     assert main(["plan", "--keep", "1.2"]) == 2
     assert "--keep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,ratio", [("imagenet", 74), ("cifar10", 63)])
+def test_presets_at_their_own_length_are_the_papers(name, ratio):
+    """Scaling a preset to its own length changes nothing: Table 2's CIFAR baseline (63%) and
+    section 4.3's ImageNet schedule (75%, 73.9% over 120 epochs) as they were."""
+    scaled = scale_preset(name, PRESETS[name]["epochs"])
+    assert not scaled.scaled and scaled.params == PRESETS[name] and scaled.lr_steps == PRESET_LR_STEPS[name]
+    assert 100 * plan(Schedule(**scaled.params)).compute_ratio == pytest.approx(ratio, abs=0.5)
+
+
+def test_scaling_keeps_the_fractions_of_the_run_by_the_documented_rule():
+    # x 40/120: W 10 -> 3.33 -> 3, I 2 -> 0.67 -> 1, alpha 10 -> 3.33 -> 3, R and LR 30,60,90 -> 10,20,30
+    s = scale_preset("imagenet", 40)
+    assert s.scaled and s.params == dict(epochs=40, warmup=3, interval=1, keep=0.9, active=3, reuse=(10, 20, 30))
+    assert s.lr_steps == (10, 20, 30)
+    # halves round up: cifar10 over 100 epochs: W 40 -> 13.33 -> 13, I 10 -> 3.33 -> 3, R 150 -> 50,
+    # LR 150,225 -> 50, 75
+    s = scale_preset("cifar10", 100)
+    assert (s.params["warmup"], s.params["interval"], s.params["reuse"], s.lr_steps) == (13, 3, (50,), (50, 75))
+    assert scale_preset("sample", 2).params["warmup"] == 1  # 3 x 2/12 = 0.5 -> 1
+    # twice the length: the same compute ratio, to the plan
+    assert plan(Schedule(**scale_preset("imagenet", 240).params)).compute_ratio == \
+        pytest.approx(plan(Schedule(**PRESETS["imagenet"])).compute_ratio)
+    # alpha stays above I and repeated epochs merge; every length gives a valid schedule
+    for name in PRESETS:
+        for epochs in range(1, 50):
+            s = scale_preset(name, epochs)
+            Schedule(**s.params)
+            assert all(1 <= e <= epochs for e in s.lr_steps) and len(set(s.lr_steps)) == len(s.lr_steps)
+            assert s.params["active"] is None or s.params["active"] > s.params["interval"]

@@ -20,8 +20,16 @@ SCHED = ["--epochs", "6", "--warmup", "1", "--interval", "1", "--keep", "0.7", "
 COMMON = ["--batch-size", "16", "--lr", "0.2", "--lr-warmup-epochs", "1", "--no-progress", "--workers", "1"]
 
 
+# The same run length and LR decay for the policies that do not read DaP's schedule (which
+# refuse its flags).
+LENGTH = ["--epochs", "6", "--lr-steps", "4"]
+
+
 def train(data, out, *extra, np_=2, timeout=300, check=True):
-    args = [DAP_HVD, "train", "--data", data, "--out", out, *SCHED, *COMMON, *map(str, extra)]
+    extra = list(map(str, extra))
+    strategy = extra[extra.index("--strategy") + 1] if "--strategy" in extra else "dap"
+    sched = SCHED if strategy in ("dap", "random") else LENGTH
+    args = [DAP_HVD, "train", "--data", data, "--out", out, *sched, *COMMON, *extra]
     return horovodrun(np_, args, timeout=timeout, check=check)
 
 
@@ -50,7 +58,7 @@ def test_two_rank_training_matches_plan(tiny_data, tmp_path, dap_run, strategy):
     s = summary(out)
     assert s["strategy"] == strategy and s["world_size"] == 2 and len(s["epochs"]) == 6
     n, gb = s["num_samples"], s["global_batch"]
-    sched = Schedule(6, 1, 1, 0.7 if strategy != "full" else 1.0, None, (4,))
+    sched = Schedule(6, 1, 1, 0.7, None, (4,)) if strategy != "full" else Schedule(6, 6, 1, 1.0)
     planned = plan(sched, num_samples=n)
     for e, p in zip(s["epochs"], planned.epochs):
         assert abs(e["samples"] - p.size) < gb  # within one global batch (padding only)
@@ -58,9 +66,9 @@ def test_two_rank_training_matches_plan(tiny_data, tmp_path, dap_run, strategy):
         assert e["samples"] == e["subset"] + e["padding"] and 0 <= e["padding"] < 2  # counted exactly
     assert s["compute_ratio_planned"] == s["compute_ratio_planned_run"] == pytest.approx(planned.compute_ratio)
     assert abs(s["compute_ratio_measured"] - s["compute_ratio_planned"]) < 6 * gb / (6 * n)
-    # epoch 6 would end in a drop, but nothing trains after it: no merge, no selection
-    assert [e["after"] for e in s["epochs"]] == (["stay", "drop", "drop", "pick", "drop", "end"] if strategy != "full"
-                                                 else ["stay", "stay", "stay", "pick", "stay", "end"])
+    # the drop due after the final epoch is made too: an extension continues from it as planned
+    assert [e["after"] for e in s["epochs"]] == (["stay", "drop", "drop", "pick", "drop", "drop"] if strategy != "full"
+                                                 else ["stay"] * 6)
     # one model on every rank, at the start and at the end
     assert len(s["replicas"]["start"]) == 2 and len(set(s["replicas"]["start"])) == 1
     assert len(s["replicas"]["end"]) == 2 and len(set(s["replicas"]["end"])) == 1
@@ -90,13 +98,14 @@ def test_resume_is_exact_and_leaves_identical_replicas(tiny_data, tmp_path, dap_
     # compute over the 3 epochs done, beside the plan for the same 3 epochs (not divided by 6)
     assert stopped["compute_ratio_measured"] == pytest.approx(stopped["compute_ratio_planned"], abs=0.01)
     assert stopped["compute_ratio_measured"] == pytest.approx((400 + 400 + 280) / (3 * 400), abs=0.01)
-    horovodrun(2, [DAP_HVD, "train", "--resume", part, "--no-progress"], timeout=300)
+    p = horovodrun(2, [DAP_HVD, "train", "--resume", part, "--no-progress"], timeout=300)
+    assert f"resuming {part} from epoch 3 (checkpoint {part / 'checkpoints' / 'epoch-0003.pt'})" in p.stdout
     full, resumed = summary(dap_run), summary(part)
     a, b = full["epochs"], resumed["epochs"]
     assert [e["epoch"] for e in b] == list(range(1, 7))
     assert [e["selection_digest"] for e in a] == [e["selection_digest"] for e in b]
-    # DaP's scores are merged in its drop epochs (2, 3, 5), and come back from the checkpoint
-    assert [e["scores_digest"] is not None for e in a] == [False, True, True, False, True, False]
+    # DaP's scores are merged in its drop epochs (2, 3, 5 and the final 6), and come back from the checkpoint
+    assert [e["scores_digest"] is not None for e in a] == [False, True, True, False, True, True]
     assert [e["scores_digest"] for e in a] == [e["scores_digest"] for e in b]
     assert resumed["score_table"] == full["score_table"]
     assert [e["train_loss"] for e in a] == pytest.approx([e["train_loss"] for e in b], rel=1e-7)
@@ -105,11 +114,16 @@ def test_resume_is_exact_and_leaves_identical_replicas(tiny_data, tmp_path, dap_
     # every rank's full state (parameters, buffers) hashed alike right after the resume broadcast
     assert len(resumed["replicas"]["start"]) == 2 and len(set(resumed["replicas"]["start"])) == 1
     assert resumed["replicas"]["end"] == full["replicas"]["end"]  # the very same model at the end
-    # a finished run is extended by a larger --epochs
+    # a finished run is extended by a larger --epochs, and trains exactly what `plan` says for 8
+    # epochs: the drop due after epoch 6 was made when epoch 6 ended
     horovodrun(2, [DAP_HVD, "train", "--resume", part, "--epochs", "8", "--no-progress"], timeout=300)
     ext = summary(part)
     assert ext["epochs_completed"] == 8 and [e["selection_digest"] for e in ext["epochs"][:6]] == \
         [e["selection_digest"] for e in a]
+    p = run([DAP_HVD, "plan", *SCHED, "--epochs", "8", "--num-samples", str(ext["num_samples"]), "--json"])
+    planned = json.loads(p.stdout)
+    assert [e["subset"] for e in ext["epochs"]] == [e["size"] for e in planned["epochs"]]
+    assert ext["compute_ratio_planned"] == pytest.approx(planned["compute_ratio"])
 
 
 def test_resume_replays_each_ranks_dropout(tiny_data, tmp_path):
@@ -165,6 +179,76 @@ def test_a_changed_schedule_is_refused_on_resume(tiny_data, tmp_path):
     assert p.returncode != 0
     assert re.search(r"error on rank 0: --resume: .*keep \(--keep\): 0\.7 then, 0\.8 now", p.stderr)
     assert re.search(r"error on rank 1: --resume: .*keep", p.stderr)  # every rank stops, none hangs
+    # the LR curve, the recipe, the input size and the precision are refused alike, every one named
+    p = run([DAP_HVD, "train", "--resume", out, "--no-progress", "--lr-schedule", "cosine", "--lr-warmup-epochs", "3",
+             "--label-smoothing", "0.2", "--weight-decay", "0.0005", "--momentum", "0.8", "--image-size", "24",
+             "--amp", "bf16"], timeout=300, check=False)
+    assert p.returncode == 2
+    for changed in ("optim.lr_schedule (--lr-schedule): 'step' then, 'cosine' now",
+                    "optim.lr_warmup_epochs (--lr-warmup-epochs): 1.0 then, 3.0 now",
+                    "optim.label_smoothing (--label-smoothing): 0.1 then, 0.2 now",
+                    "optim.weight_decay (--weight-decay): 0.0001 then, 0.0005 now",
+                    "optim.momentum (--momentum): 0.9 then, 0.8 now", "data.image_size (--image-size): 32 then, 24 now",
+                    "optim.amp (--amp): 'auto' then, 'bf16' now"):
+        assert changed in p.stderr
+
+
+def test_lr_on_resume_is_the_same_whether_or_not_the_global_batch_changed(tiny_data, tmp_path):
+    import yaml
+
+    out = tmp_path / "lr"
+    args = [DAP_HVD, "train", "--data", tiny_data, "--out", out, *SCHED, *COMMON, *short(2)]
+    p = run([*args, "--stop-after", "1", "--resume", "auto"], timeout=300)
+    assert f"--resume auto: {out} holds no run to continue" in p.stdout and "starting a fresh run" in p.stdout
+    shutil.copytree(out, tmp_path / "lr2")
+    for folder, batch in ((out, "16"), (tmp_path / "lr2", "8")):  # global batch 16 as before, then 8
+        p = run([DAP_HVD, "train", "--resume", folder, "--no-progress", "--batch-size", batch, "--lr", "0.05"],
+                timeout=300)
+        assert "replaces the run's base LR 0.2" in p.stdout
+        s = summary(folder)
+        # warm-up 1 epoch, no decay: epoch 2 runs at the base LR, --lr 0.05 in both cases
+        assert s["epochs"][1]["lr"] == pytest.approx(0.05)
+        assert yaml.safe_load((folder / "config.yaml").read_text())["optim"]["lr"] == 0.05
+    # without --lr, the run's own LR follows the global batch (linear rule), as before
+    p = run([DAP_HVD, "train", "--resume", out, "--no-progress", "--batch-size", "8", "--epochs", "3"], timeout=300)
+    assert summary(out)["epochs"][2]["lr"] == pytest.approx(0.05 * 8 / 16)
+
+
+def test_extending_an_infobatch_run_says_annealed_epochs_prune_again(tiny_data, tmp_path):
+    out = tmp_path / "ib"
+    run([DAP_HVD, "train", "--data", tiny_data, "--out", out, *COMMON, "--strategy", "infobatch", "--anneal", "0.5",
+         "--epochs", "2", "--lr-steps", "none"], timeout=300)
+    assert [e["after"] for e in summary(out)["epochs"]] == ["full", "end"]  # floor(0.5 x 2) = 1: epoch 2 anneals
+    p = run([DAP_HVD, "train", "--resume", out, "--no-progress", "--epochs", "6", "--stop-after", "3"], timeout=300)
+    assert "InfoBatch annealed epochs 2..2 on all data" in p.stdout
+    assert "over --epochs 6, epochs 3..3 prune again (floor(0.5 x 6) = 3) and the last 3 anneal" in p.stdout
+
+
+def test_an_exact_plan_that_differs_from_the_selection_is_an_error():
+    """The check every epoch runs before training: for an exact plan the subset is the planned
+    size (the LR grid and the planned compute hang on it), never silently rescaled."""
+    from dap_hvd.policy.policies import make_policy
+    from dap_hvd.train import PlanMismatch, check_plan
+
+    exact = make_policy("dap", Schedule(8, 1, 1, 0.7, None, ())).plan(400)
+    check_plan(exact, 3, 280)  # W=1: all 400 in epochs 1-2, then 280 after the drop after epoch 2
+    with pytest.raises(PlanMismatch, match=r"epoch 3: the dap plan trains 280 samples, but the selection holds 400"):
+        check_plan(exact, 3, 400)
+    bounded = make_policy("infobatch", Schedule(8, 1, 1, 1.0)).plan(400)
+    check_plan(bounded, 3, 250)  # InfoBatch's sizes depend on the scores: within bounds, not exact
+
+
+def test_an_older_finished_run_without_its_final_drop_is_not_extended_off_plan():
+    from dap_hvd.config import load_config
+    from dap_hvd.resume import unmade_final_step
+
+    cfg = load_config(None, {"epochs": 8, "warmup": 1, "interval": 1, "keep": 0.7, "reuse": "none",
+                             "lr_steps": "none"})
+    meta = dict(epoch=6, policy_state=dict(t_start=1, t_prev=6), history=[dict(after="end")])
+    assert "without making the drop due after it" in unmade_final_step(meta, cfg)
+    assert "epoch-0006.pt aside" in unmade_final_step(meta, cfg)
+    assert unmade_final_step(dict(meta, history=[dict(after="drop")]), cfg) is None  # made: extends as planned
+    assert unmade_final_step(dict(meta, policy_state=dict(t_start=1, t_prev=5)), cfg) is None  # nothing was due
 
 
 def test_evaluate_reproduces_the_runs_top1_exactly(dap_run):

@@ -24,7 +24,7 @@ import hashlib
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
@@ -114,7 +114,7 @@ class Context:
     scores: np.ndarray  # the score table's losses, by global index (NaN: never scored)
     seed: int
     state: Optional[DapState]  # the policy's own state (DaP's T_start, T_prev), None for the others
-    final: bool = False  # nothing trains after this epoch in this run (no scores were merged)
+    final: bool = False  # nothing trains after this epoch in this run (unless it is extended)
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,8 @@ class Policy(Protocol):
     def needs_scores(self, epoch: int, state: Optional[DapState]) -> bool: ...
     def select(self, ctx: Context) -> Step: ...
     def plan(self, num_samples: Optional[int]) -> Plan: ...
+    # Optional: `extension_note(done, planned) -> Optional[str]`, what extending a run planned for
+    # `planned` epochs (`done` trained) to this policy's length changes beyond its plan (InfoBatch).
 
 
 def _all(universe: np.ndarray) -> Selection:
@@ -161,9 +163,9 @@ class DropSchedule:
         return self.uses_scores and decide(self.schedule, state, epoch).action == DROP
 
     def select(self, ctx):
+        # Also after the final epoch: the selection saved with it is what a run extended with a
+        # larger --epochs trains next, so it must be the one the longer run's plan says.
         decision = decide(self.schedule, ctx.state, ctx.epoch)
-        if ctx.final:  # the drop due now has no scores and no epoch to use it: the subset stays
-            return Step(ctx.current, decision.state, "end")
         if decision.action == PICK:
             return Step(_all(ctx.universe), decision.state, PICK)
         if decision.action != DROP or self.name == "full":  # full data never drops: it stays
@@ -206,8 +208,14 @@ class InfoBatch:
     uses_scores: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "prune_ratio", _check_ratio(self.prune_ratio, "prune_ratio", "--prune-ratio"))
-        object.__setattr__(self, "anneal", _check_ratio(self.anneal, "anneal", "--anneal", high_open=False))
+        problems = []  # both parameters checked, so one error names every bad one
+        for key, flag, high_open in (("prune_ratio", "--prune-ratio", True), ("anneal", "--anneal", False)):
+            try:
+                object.__setattr__(self, key, _check_ratio(getattr(self, key), key, flag, high_open=high_open))
+            except ConfigError as e:
+                problems.append(str(e))
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     @property
     def prune_epochs(self) -> int:
@@ -237,6 +245,17 @@ class InfoBatch:
         keep = ~(below & (rng.random(len(universe)) < self.prune_ratio))
         weights = np.where(below[keep], 1.0 / (1.0 - self.prune_ratio), 1.0).astype(np.float32)
         return Step(Selection(universe[keep], weights), None, "prune")
+
+    def extension_note(self, done: int, planned: int) -> Optional[str]:
+        """A run planned for `planned` epochs, `done` of them trained, now extended to `epochs`:
+        floor(delta E) moves with E, so epochs that had annealed on all data may prune again."""
+        before = InfoBatch(planned, self.prune_ratio, self.anneal).prune_epochs
+        if done <= before or self.prune_epochs <= done:
+            return None
+        return (f"InfoBatch annealed epochs {before + 1}..{done} on all data (floor({self.anneal:g} x {planned}) = "
+                f"{before} pruned); over --epochs {self.epochs}, epochs {done + 1}..{self.prune_epochs} prune again "
+                f"(floor({self.anneal:g} x {self.epochs}) = {self.prune_epochs}) and the last "
+                f"{self.epochs - self.prune_epochs} anneal")
 
     def plan(self, num_samples):
         """Sizes depend on the scores: between all data (no sample below the mean) and, in
@@ -337,22 +356,42 @@ def _length(epochs: int) -> Schedule:
     return Schedule(epochs=epochs, warmup=epochs, interval=1, keep=1.0)
 
 
-# The one registry of names: name -> (summary, constructor from the schedule and the policy parameters).
-POLICIES = {
-    "dap": "keep the hardest p of the subset every I epochs (the DaP paper)",
-    "random": "DaP's schedule, uniform random keep (Table 2(f))",
-    "full": "all data every epoch",
-    "infobatch": "prune below-mean-loss samples with probability r, rescale the kept (Qin et al. 2024)",
-    "rs2": "a fresh random fraction r each epoch, without replacement (Okanovic et al. 2024)",
+# DaP's schedule parameters (Algorithm 1), as the config and the flags name them.
+SCHEDULE_PARAMS = ("warmup", "interval", "keep", "active", "reuse")
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """One policy in the registry: what it does, the parameters it reads besides the run length
+    (`epochs`), and how to build it from the schedule and those parameters. A parameter given for
+    a policy that does not read it is refused (config.py), naming the ones this entry declares."""
+
+    summary: str
+    params: tuple[str, ...]
+    build: Callable[..., "Policy"]  # (schedule, **params) -> Policy
+
+
+# The one registry of names. A new policy adds its entry here (and each new parameter a field of
+# config.PolicyConfig and a flag in cli._policy_flags); validation, plan, checkpoints and resume
+# checks all read `params` from here.
+REGISTRY: dict[str, PolicyEntry] = {
+    "dap": PolicyEntry("keep the hardest p of the subset every I epochs (the DaP paper)", SCHEDULE_PARAMS,
+                       lambda s: DropSchedule(s, name="dap")),
+    "random": PolicyEntry("DaP's schedule, uniform random keep (Table 2(f))", SCHEDULE_PARAMS,
+                          lambda s: DropSchedule(s, name="random")),
+    "full": PolicyEntry("all data every epoch", (), lambda s: DropSchedule(_length(s.epochs), name="full")),
+    "infobatch": PolicyEntry("prune below-mean-loss samples with probability r, rescale the kept (Qin et al. 2024)",
+                             ("prune_ratio", "anneal"), lambda s, **p: InfoBatch(s.epochs, **p)),
+    "rs2": PolicyEntry("a fresh random fraction r each epoch, without replacement (Okanovic et al. 2024)",
+                       ("fraction",), lambda s, **p: RS2(s.epochs, **p)),
 }
+POLICIES = {name: entry.summary for name, entry in REGISTRY.items()}
 
 
-def make_policy(name: str, schedule: Schedule, *, prune_ratio: float = 0.5, anneal: float = 0.875,
-                fraction: float = 0.5) -> Policy:
-    if name in ("dap", "random", "full"):
-        return DropSchedule(schedule, name=name)
-    if name == "infobatch":
-        return InfoBatch(schedule.epochs, prune_ratio=prune_ratio, anneal=anneal)
-    if name == "rs2":
-        return RS2(schedule.epochs, fraction=fraction)
-    raise ConfigError(f"strategy (--strategy): unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+def make_policy(name: str, schedule: Schedule, **params) -> Policy:
+    """The policy `name` over `schedule` (its run length, and DaP's parameters for dap/random).
+    `params` may hold every policy's parameters: each policy takes the ones it declares."""
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise ConfigError(f"strategy (--strategy): unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    return entry.build(schedule, **{k: v for k, v in params.items() if k in entry.params})

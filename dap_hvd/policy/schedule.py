@@ -36,6 +36,53 @@ PRESETS: dict[str, dict] = {
 PRESET_LR_STEPS: dict[str, tuple[int, ...]] = {"imagenet": (30, 60, 90), "cifar10": (150, 225), "sample": (8,)}
 
 
+# How `--epochs N` scales a preset written for E0 epochs: every epoch count at the same fraction
+# of the run, so the imagenet preset over 40 epochs keeps its shape. `plan` prints the result.
+SCALING_RULE = ("W, I, alpha, R and the LR decay epochs x N/E0, each rounded to the nearest epoch (halves up); "
+                "I >= 1 and alpha > I (each cycle keeps a drop); reuse epochs stay within W+1..N and LR decay "
+                "epochs within 1..N, and ones that meet merge")
+
+
+@dataclass(frozen=True)
+class ScaledPreset:
+    """A preset's schedule and LR decay epochs over `epochs` (its own length: unchanged)."""
+
+    name: str
+    epochs: int
+    params: dict  # Schedule's keyword arguments
+    lr_steps: tuple[int, ...]
+
+    @property
+    def scaled(self) -> bool:
+        return self.epochs != PRESETS[self.name]["epochs"]
+
+    def describe(self, schedule: bool = True) -> str:
+        """`schedule`: DaP's parameters too, not only the LR decay epochs (for dap and random)."""
+        p = self.params
+        dap = (f"W={p['warmup']} I={p['interval']} alpha={p['active'] or 'unlimited'} "
+               f"R={','.join(map(str, p['reuse'])) or '-'}, ") if schedule else ""
+        return (f"'{self.name}' preset ({PRESETS[self.name]['epochs']} epochs) scaled to {self.epochs}: "
+                f"{dap}LR x0.1 after {','.join(map(str, self.lr_steps)) or '-'}")
+
+
+def scale_preset(name: str, epochs: int) -> ScaledPreset:
+    """The preset `name` over `epochs` (>= 1), by SCALING_RULE; at the preset's own length every
+    value is the preset's."""
+    base = PRESETS[name]
+    factor = Fraction(epochs, base["epochs"])
+
+    def at(x: int) -> int:  # x * N/E0 to the nearest whole epoch, halves up (exact: no float)
+        return math.floor(x * factor + Fraction(1, 2))
+
+    warmup = at(base["warmup"])
+    interval = max(1, at(base["interval"]))
+    active = None if base["active"] is None else max(interval + 1, at(base["active"]))
+    reuse = tuple(sorted({min(max(at(r), warmup + 1), epochs) for r in base["reuse"]})) if warmup < epochs else ()
+    lr_steps = tuple(sorted({min(max(at(s), 1), epochs) for s in PRESET_LR_STEPS[name]}))
+    params = dict(epochs=epochs, warmup=warmup, interval=interval, keep=base["keep"], active=active, reuse=reuse)
+    return ScaledPreset(name, epochs, params, lr_steps)
+
+
 @dataclass(frozen=True)
 class Schedule:
     epochs: int
@@ -46,12 +93,17 @@ class Schedule:
     reuse: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        def need(ok: bool, name: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"schedule parameter {name}: {msg}")
+        problems = []  # every bad parameter, so one error lists them all
 
-        need(_is_int(self.epochs) and self.epochs >= 1, "epochs (E, --epochs)", f"must be an integer >= 1, got {self.epochs!r}")
-        need(_is_int(self.warmup) and self.warmup >= 0, "warmup (W, --warmup)", f"must be an integer >= 0, got {self.warmup!r}")
+        def need(ok: bool, name: str, msg: str) -> bool:
+            if not ok:
+                problems.append(f"schedule parameter {name}: {msg}")
+            return ok
+
+        epochs_ok = need(_is_int(self.epochs) and self.epochs >= 1, "epochs (E, --epochs)",
+                         f"epochs must be >= 1 (a whole number), got {self.epochs!r}")
+        warmup_ok = need(_is_int(self.warmup) and self.warmup >= 0, "warmup (W, --warmup)",
+                         f"must be an integer >= 0, got {self.warmup!r}")
         need(_is_int(self.interval) and self.interval >= 1, "interval (I, --interval)", f"must be an integer >= 1, got {self.interval!r}")
         need(isinstance(self.keep, (int, float)) and not isinstance(self.keep, bool)
              and math.isfinite(self.keep) and 0.0 < self.keep <= 1.0,
@@ -59,16 +111,20 @@ class Schedule:
         need(self.active is None or (_is_int(self.active) and self.active >= 1),
              "active (alpha, --active)", f"must be an integer >= 1 or absent, got {self.active!r}")
         reuse = tuple(self.reuse)
-        for r in reuse:
-            need(_is_int(r) and 1 <= r <= self.epochs, "reuse (R, --reuse)",
-                 f"epoch {r!r} is outside 1..{self.epochs}")
+        if epochs_ok:
+            for r in reuse:
+                need(_is_int(r) and 1 <= r <= self.epochs, "reuse (R, --reuse)",
+                     f"epoch {r!r} is outside 1..{self.epochs}")
         need(len(set(reuse)) == len(reuse), "reuse (R, --reuse)", f"repeats an epoch: {list(reuse)}")
         # A pick inside the warm-up restarts the cycle there and silently moves every later drop
         # (T_prev resets at reuse), while all data is still in use anyway: refuse it.
-        for r in reuse:
-            need(r > self.warmup, "reuse (R, --reuse)",
-                 f"epoch {r} is inside the warm-up (W={self.warmup}), where all data is used anyway; "
-                 f"choose reuse epochs after W, or --reuse none")
+        if warmup_ok:
+            for r in reuse:
+                need(not _is_int(r) or r > self.warmup, "reuse (R, --reuse)",
+                     f"epoch {r} is inside the warm-up (W={self.warmup}), where all data is used anyway; "
+                     f"choose reuse epochs after W, or --reuse none")
+        if problems:
+            raise ConfigError("; ".join(problems))
         object.__setattr__(self, "reuse", tuple(sorted(reuse)))
         object.__setattr__(self, "keep", float(self.keep))
 
