@@ -134,9 +134,12 @@ class PolicyConfig:
 
     __pydantic_config__ = _STRICT
 
-    prune_ratio: float = 0.5  # infobatch r: a below-mean sample is pruned with this probability
-    anneal: float = 0.875  # infobatch delta: the first floor(delta * E) epochs prune, the rest use all data
+    # infobatch r: a below-mean sample is pruned with this probability; seta r: each epoch draws 1-r of the data.
+    prune_ratio: Optional[float] = None  # None: the policy's default (infobatch 0.5, seta 0.0)
+    anneal: float = 0.875  # infobatch/seta delta: the first floor(delta * E) epochs prune, the rest do not
     fraction: float = 0.5  # rs2 r: the share of the data each epoch trains
+    groups: int = 5  # seta k: loss groups (1-D k-means)
+    window: float = 0.6  # seta w: round(k * w) consecutive groups train in a pruning epoch
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,8 @@ class TrainConfig:
     @property
     def policy_params(self) -> dict:
         """The values of the PolicyConfig parameters the chosen policy reads."""
-        return {k: getattr(self.policy, k) for k in REGISTRY[self.strategy].params if k in POLICY_KEYS}
+        policy = self.make_policy()  # its values, defaults resolved (prune_ratio's depends on the policy)
+        return {k: getattr(policy, k) for k in REGISTRY[self.strategy].params if k in POLICY_KEYS}
 
     def used_schedule(self) -> dict:
         """The schedule as far as the chosen policy reads it: E, and DaP's parameters if it uses them."""
