@@ -58,3 +58,26 @@ def test_init_and_shutdown_in_a_loop_under_horovodrun():
     p = horovodrun(2, [PY, str(REPO / "tests" / "mp_init_loop.py"), "60"], timeout=150)
     res = rank_json(p.stdout, "LOOP ")
     assert sorted(res) == [0, 1] and all(v["cycles"] == 60 for v in res.values())
+
+
+def test_a_job_wide_error_travels_through_the_launchers_rendezvous_store(monkeypatch):
+    """notice.py on the real rendezvous server horovodrun starts: nothing announced reads as None
+    (a plain lost host: re-form as before); an announced error reads back for the survivors."""
+    from horovod.runner.http.http_server import RendezvousServer
+
+    from dap_hvd import notice
+
+    server = RendezvousServer()
+    port = server.start()
+    try:
+        monkeypatch.setenv("HOROVOD_ELASTIC", "1")
+        monkeypatch.setenv("HOROVOD_GLOO_RENDEZVOUS_ADDR", "127.0.0.1")
+        monkeypatch.setenv("HOROVOD_GLOO_RENDEZVOUS_PORT", str(port))
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # a proxy must not be used
+        assert notice.fatal_announced() is None
+        notice.announce_fatal("rank 1: cannot decode /data/x.jpg")
+        assert notice.fatal_announced() == "rank 1: cannot decode /data/x.jpg"
+        monkeypatch.delenv("HOROVOD_ELASTIC")
+        assert notice.fatal_announced() is None  # outside elastic mode it is never consulted
+    finally:
+        server.stop()
