@@ -35,7 +35,7 @@ REPORT_MD, REPORT_JSON, PLOT = "report.md", "report.json", "pareto.png"
 ORDER = ("full", "fewer_epochs", "dap", "infobatch", "seta", "rs2", "fixed_subset", "random")
 BASELINES = ("full", "fewer_epochs", "fixed_subset", "random")
 LABEL = {"full": "full data", "fewer_epochs": "all data, fewer epochs", "dap": "DaP (keep p)",
-         "infobatch": "InfoBatch (prune ratio r)", "seta": "SeTa", "rs2": "RS2 (fraction r)",
+         "infobatch": "InfoBatch", "seta": "SeTa", "rs2": "RS2",
          "fixed_subset": "fixed random subset", "random": "random drop, DaP's schedule"}
 # DaP's ImageNet recipe (section 4.3.1) over 120 epochs; compare scales it to the run's length.
 IMAGENET_EPOCHS = 120
@@ -72,11 +72,13 @@ class Settings:
 
 @dataclass(frozen=True)
 class Tuned:
-    """A policy's parameter chosen for a budget, and the compute its plan gives there."""
+    """A policy's parameters chosen for a budget, and the compute its plan gives there."""
 
-    name: Optional[str]  # the parameter's name (None: nothing to tune)
-    value: Optional[float]
+    params: dict  # parameter name (as its train flag, without --) -> value; empty for full data
     planned: float  # the plan's compute ratio (in expectation where it depends on the losses)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in self.params.items())
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,14 @@ class RunSpec:
 
 @dataclass
 class Progress:
-    """The ETA of a compare from the runs finished in this invocation: seconds per unit of planned compute."""
+    """The ETA of a compare from the runs finished in this invocation: wall seconds per unit of planned
+    compute (with --parallel runs, the wall clock they shared)."""
 
-    seconds: float = 0.0
+    start: float
     compute: float = 0.0
 
-    def eta(self, remaining: float) -> Optional[float]:
-        return None if self.compute <= 0 else self.seconds / self.compute * remaining
+    def eta(self, now: float, remaining: float) -> Optional[float]:
+        return None if self.compute <= 0 else (now - self.start) / self.compute * remaining
 
 
 # ---------------------------------------------------------------- the plan of a compare (pure)
@@ -123,42 +126,23 @@ def lr_steps(epochs: int, fractions=LR_FRACTIONS) -> tuple[int, ...]:
 def expected_compute(plan) -> float:
     if plan.exact:
         return plan.compute_ratio
+    nominal = getattr(plan, "nominal_ratio", None)  # SeTa: the window's groups at equal sizes
+    if nominal is not None:
+        return nominal
     low, high = plan.compute_bounds
     return high - BELOW_MEAN_SHARE * (high - low)
 
 
-def _policy_plan(policy: str, epochs: int, n: int, value: float):
+def planned_compute(policy: str, epochs: int, n: int, params: dict) -> float:
     from dap_hvd.policy.policies import make_policy
 
-    sched = scaled_schedule(epochs, keep=value if policy in ("dap", "random") else 0.9)
-    params = {name: value for name in [TUNABLE[policy][0]] if policy not in ("dap", "random")}
-    return make_policy(policy, sched, **params).plan(n)
+    if policy in ("dap", "random"):
+        return expected_compute(make_policy(policy, scaled_schedule(epochs, params["keep"])).plan(n))
+    return expected_compute(make_policy(policy, scaled_schedule(epochs), **params).plan(n))
 
 
-# policy -> (parameter, lowest, highest, compute rises with it); fewer_epochs, fixed_subset and full
-# are set directly from the budget.
-TUNABLE = {"dap": ("keep", 0.01, 1.0, True), "random": ("keep", 0.01, 1.0, True),
-           "infobatch": ("prune_ratio", 0.01, 0.99, False), "rs2": ("fraction", 0.01, 1.0, True),
-           "seta": ("window", 0.05, 1.0, True)}
-
-
-def tune(policy: str, budget: float, epochs: int, n: int) -> Tuned:
-    """The parameter whose planned compute is closest to `budget` (bisection: compute is monotone in it)."""
-    if policy == "full":
-        return Tuned(None, None, 1.0)
-    if policy == "fewer_epochs":
-        e = max(1, round(budget * epochs))
-        return Tuned("epochs", e, e / epochs)
-    if policy == "fixed_subset":
-        size = max(1, round(budget * n))
-        return Tuned("fraction", round(size / n, 6), size / n)
-    if policy == "rs2":  # floor(r N) samples every epoch
-        return Tuned("fraction", round(budget, 4), expected_compute(_policy_plan(policy, epochs, n, round(budget, 4))))
-    name, lo, hi, rising = TUNABLE[policy]
-
-    def at(v: float) -> float:
-        return expected_compute(_policy_plan(policy, epochs, n, v))
-
+def _bisect(at: Callable[[float], float], budget: float, lo: float, hi: float, rising: bool) -> float:
+    """The value in [lo, hi] whose compute is closest to `budget` (compute is monotone in it)."""
     best = min((lo, hi), key=lambda v: abs(at(v) - budget))
     for _ in range(30):
         mid = (lo + hi) / 2
@@ -169,20 +153,54 @@ def tune(policy: str, budget: float, epochs: int, n: int) -> Tuned:
             lo = mid
         else:
             hi = mid
-    value = round(best, 4)
-    return Tuned(name, value, at(value))
+    return round(best, 4)
+
+
+def tune(policy: str, budget: float, epochs: int, n: int) -> Tuned:
+    """The parameters whose planned compute is closest to `budget`."""
+    if policy == "full":
+        return Tuned({}, 1.0)
+    if policy == "fewer_epochs":
+        e = max(1, round(budget * epochs))
+        return Tuned({"epochs": e}, e / epochs)
+    if policy == "fixed_subset":
+        size = max(1, round(budget * n))
+        return Tuned({"fraction": round(size / n, 6)}, size / n)
+
+    def at(**params) -> float:
+        return planned_compute(policy, epochs, n, params)
+
+    if policy == "rs2":  # floor(r N) samples every epoch
+        return Tuned({"fraction": round(budget, 4)}, at(fraction=round(budget, 4)))
+    if policy in ("dap", "random"):
+        keep = _bisect(lambda v: at(keep=v), budget, 0.01, 1.0, True)
+        return Tuned({"keep": keep}, at(keep=keep))
+    if policy == "infobatch":
+        r = _bisect(lambda v: at(prune_ratio=v), budget, 0.01, 0.99, False)
+        return Tuned({"prune_ratio": r}, at(prune_ratio=r))
+    if policy == "seta":
+        # The window is round(k w) of the k loss groups, so it moves the compute in steps: take the
+        # narrowest window that can still reach the budget, then the uniform draw's ratio r for the rest.
+        from dap_hvd.policy.policies import make_policy
+
+        k = make_policy("seta", scaled_schedule(epochs)).groups
+        windows = [g / k for g in range(1, k + 1)]
+        window = next((w for w in windows if at(window=w, prune_ratio=0.0) >= budget), 1.0)
+        r = _bisect(lambda v: at(window=window, prune_ratio=v), budget, 0.0, 0.95, False)
+        return Tuned({"window": window, "prune_ratio": r}, at(window=window, prune_ratio=r))
+    raise ConfigError(f"--policies: {policy} has no budget rule in compare")
 
 
 def policy_flags(policy: str, tuned: Tuned, epochs: int, subset_list: Optional[Path],
                  fractions=LR_FRACTIONS) -> tuple[str, ...]:
     steps = ",".join(map(str, lr_steps(epochs, fractions))) or "none"
     if policy in ("dap", "random"):
-        s = scaled_schedule(epochs, tuned.value)
+        s = scaled_schedule(epochs, tuned.params["keep"])
         return ("--strategy", policy, "--epochs", str(epochs), "--warmup", str(s.warmup), "--interval",
                 str(s.interval), "--keep", str(s.keep), "--active", str(s.active),
                 "--reuse", ",".join(map(str, s.reuse)) or "none", "--lr-steps", steps)
     if policy == "fewer_epochs":  # all data, the same LR shape compressed into the shorter run
-        e = int(tuned.value)
+        e = int(tuned.params["epochs"])
         return ("--strategy", "full", "--epochs", str(e), "--reuse", "none",
                 "--lr-steps", ",".join(map(str, lr_steps(e, fractions))) or "none")
     tail = ("--epochs", str(epochs), "--reuse", "none", "--lr-steps", steps)
@@ -190,8 +208,8 @@ def policy_flags(policy: str, tuned: Tuned, epochs: int, subset_list: Optional[P
         return ("--strategy", "full", "--train-list", str(subset_list), *tail)
     if policy == "full":
         return ("--strategy", "full", *tail)
-    flag = "--" + tuned.name.replace("_", "-")
-    return ("--strategy", policy, flag, str(tuned.value), *tail)
+    own = [x for k, v in tuned.params.items() for x in ("--" + k.replace("_", "-"), f"{v:g}")]
+    return ("--strategy", policy, *own, *tail)
 
 
 def run_specs(settings: Settings, budget: Optional[float], policies, n: int, out: Path) -> list[RunSpec]:
@@ -202,7 +220,7 @@ def run_specs(settings: Settings, budget: Optional[float], policies, n: int, out
             tuned = tune(policy, 1.0 if budget is None else budget, settings.epochs, n)
             key = "full" if budget is None else f"b{budget:g}-{policy}"
             subset = out / "subsets" / f"{key}-s{seed}.txt" if policy == "fixed_subset" else None
-            scale = tuned.value / settings.epochs if policy == "fewer_epochs" else \
+            scale = tuned.params["epochs"] / settings.epochs if policy == "fewer_epochs" else \
                 tuned.planned if policy == "fixed_subset" else 1.0
             specs.append(RunSpec(f"{key}-s{seed}", policy, budget, seed, tuned,
                                  policy_flags(policy, tuned, settings.epochs, subset, settings.lr_fractions), scale,
@@ -241,8 +259,8 @@ def train_command(settings: Settings, spec: RunSpec, run_dir: Path) -> list[str]
 def record(spec: RunSpec, summary: dict, process_seconds: float) -> dict:
     """One finished run's figures (from its summary.json)."""
     epochs = summary["epochs"]
-    return dict(key=spec.key, policy=spec.policy, budget=spec.budget, seed=spec.seed, param=spec.tuned.name,
-                value=spec.tuned.value, planned=spec.tuned.planned, top1=summary["top1"], top5=summary["top5"],
+    return dict(key=spec.key, policy=spec.policy, budget=spec.budget, seed=spec.seed, params=spec.tuned.params,
+                planned=spec.tuned.planned, top1=summary["top1"], top5=summary["top5"],
                 compute=summary["compute_ratio_measured"] * spec.scale,
                 # training wall clock: every epoch's seconds, loss recording, merge and selection included,
                 # the evaluations left out (all runs evaluate the same test set once)
@@ -251,12 +269,12 @@ def record(spec: RunSpec, summary: dict, process_seconds: float) -> dict:
                 process_seconds=process_seconds, epochs=len(epochs), samples=summary["num_samples"])
 
 
-def run_one(settings: Settings, spec: RunSpec, out: Path, log: Callable[[str], None]) -> dict:
+def run_one(settings: Settings, spec: RunSpec, out: Path) -> dict:
     run_dir = out / "runs" / spec.key
     if run_dir.exists():  # a run interrupted mid-way (compare wrote it): start it again
         shutil.rmtree(run_dir)
     if spec.policy == "fixed_subset":
-        write_subset_list(Path(settings.data), spec.tuned.value, spec.seed, Path(spec.subset))
+        write_subset_list(Path(settings.data), spec.tuned.params["fraction"], spec.seed, Path(spec.subset))
     cmd = train_command(settings, spec, run_dir)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -320,9 +338,9 @@ def save_state(out: Path, state: dict) -> None:
     os.replace(tmp, out / STATE)
 
 
-def run_compare(settings: Settings, out: Path, *, resume: bool = False, force: bool = False,
+def run_compare(settings: Settings, out: Path, *, resume: bool = False, force: bool = False, parallel: int = 1,
                 log: Callable[[str], None] = print) -> dict:
-    """Every run of the compare not finished before, then the report; returns the report."""
+    """Every run of the compare not finished before (`parallel` at once), then the report; returns the report."""
     from dap_hvd.data.catalog import load_catalog
 
     data = Path(settings.data)
@@ -342,15 +360,16 @@ def run_compare(settings: Settings, out: Path, *, resume: bool = False, force: b
     if before:
         log(f"compare: {before} of {len(todo)} runs at budget {first:g} done already (in {out / STATE}); "
             f"running the rest")
-    progress, t_start = Progress(), time.time()
-    _run_list(settings, todo, out, state, done, progress, log, extra=len(rest) * (settings.top_k or len(settings.policies))
-              * settings.seeds * statistics.mean(rest or [0]))
+    t_start = time.time()
+    progress = Progress(t_start)
+    runner = Runner(settings, out, state, done, progress, log, parallel)
+    runner.run(todo, extra=len(rest) * (settings.top_k or len(settings.policies)) * settings.seeds
+               * statistics.mean(rest or [0]))
     for budget in rest:
         chosen = [p for p in best_entries(state["runs"], first, settings.top_k) if p != "full"]
         state.setdefault("deeper", {})[f"{budget:g}"] = chosen
         log(f"compare: budget {budget:g} for the {len(chosen)} best at {first:g}: {', '.join(chosen)}")
-        _run_list(settings, run_specs(settings, budget, [p for p in ORDER if p in chosen], n, out), out, state, done,
-                  progress, log)
+        runner.run(run_specs(settings, budget, [p for p in ORDER if p in chosen], n, out))
     state["seconds"] = state.get("seconds", 0.0) + time.time() - t_start
     save_state(out, state)
     report = build_report(state)
@@ -359,21 +378,43 @@ def run_compare(settings: Settings, out: Path, *, resume: bool = False, force: b
     return report
 
 
-def _run_list(settings, specs, out, state, done, progress, log, extra: float = 0.0) -> None:
-    pending = [s for s in specs if s.key not in done]
-    for i, spec in enumerate(pending, 1):
-        t0 = time.time()
-        rec = run_one(settings, spec, out, log)
-        state["runs"].append(rec)
-        done.add(spec.key)
-        save_state(out, state)
-        progress.seconds += time.time() - t0
-        progress.compute += spec.tuned.planned
-        eta = progress.eta(sum(s.tuned.planned for s in pending[i:]) + extra)
-        param = "" if spec.tuned.name is None else f" {spec.tuned.name}={spec.tuned.value:g}"
-        log(f"compare [{i}/{len(pending)}] {spec.key}{param}: top-1 {rec['top1']:.4f}, compute {rec['compute']:.3f} "
-            f"(target {spec.budget or 1.0:g}), wall {rec['wall']:.0f} s"
-            + ("" if eta is None else f"; ETA {eta / 60:.1f} min"))
+@dataclass
+class Runner:
+    """Runs specs `parallel` at a time; the state file is written (by this thread only) as each ends."""
+
+    settings: Settings
+    out: Path
+    state: dict
+    done: set
+    progress: Progress
+    log: Callable[[str], None]
+    parallel: int = 1
+
+    def run(self, specs: list, extra: float = 0.0) -> None:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        pending = [s for s in specs if s.key not in self.done]
+        queue, running, finished = list(pending), {}, 0
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            while queue or running:
+                while queue and len(running) < self.parallel:  # in list order: the first specs first
+                    spec = queue.pop(0)
+                    running[pool.submit(run_one, self.settings, spec, self.out)] = spec
+                ended, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in ended:
+                    spec = running.pop(fut)
+                    rec = fut.result()  # a failed run stops the compare (the others finish first)
+                    self.state["runs"].append(rec)
+                    self.done.add(spec.key)
+                    save_state(self.out, self.state)
+                    finished += 1
+                    self.progress.compute += spec.tuned.planned
+                    left = sum(s.tuned.planned for s in queue) + sum(s.tuned.planned for s in running.values()) / 2
+                    eta = self.progress.eta(time.time(), left + extra)
+                    param = f" ({spec.tuned.describe()})" if spec.tuned.params else ""
+                    self.log(f"compare [{finished}/{len(pending)}] {spec.key}{param}: top-1 {rec['top1']:.4f}, "
+                             f"compute {rec['compute']:.3f} (target {spec.budget or 1.0:g}), wall {rec['wall']:.0f} s"
+                             + ("" if eta is None else f"; ETA {eta / 60:.1f} min"))
 
 
 # ---------------------------------------------------------------- the report (pure)
@@ -399,7 +440,7 @@ def build_report(state: dict) -> dict:
         walls = [r["wall"] / full[r["seed"]]["wall"] for r in rs if r["seed"] in full and full[r["seed"]]["wall"]]
         gap, gap_std = _mean_std(gaps) if gaps else (None, None)
         entries.append(dict(
-            policy=policy, budget=budget, param=rs[0]["param"], value=rs[0]["value"], seeds=len(rs),
+            policy=policy, budget=budget, params=rs[0]["params"], seeds=len(rs),
             target=1.0 if budget is None else budget, planned=statistics.mean(r["planned"] for r in rs),
             compute=statistics.mean(r["compute"] for r in rs), top1=top, top1_std=std,
             gap=gap, gap_std=gap_std, gap_min=min(gaps) if gaps else None, gap_max=max(gaps) if gaps else None,
@@ -422,10 +463,7 @@ def conclusion(entries: list) -> dict:
 
 def _name(e: dict) -> str:
     label = LABEL.get(e["policy"], e["policy"])
-    if e["param"] is None:
-        return label
-    v = e["value"]
-    return f"{label}, {e['param']} {v:g}" if isinstance(v, (int, float)) else label
+    return f"{label}: {Tuned(e['params'], 0.0).describe()}" if e["params"] else label
 
 
 def render(report: dict) -> str:
@@ -521,7 +559,7 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
                     "long, except 'fewer_epochs'")
     ap.add_argument("--budget", default="0.75", help="compute budget(s), a comma list in (0, 1): every entry is "
                     "tuned to each (default 0.75, DaP's ImageNet preset)")
-    ap.add_argument("--policies", default=",".join(p for p in ORDER if p != "full"),
+    ap.add_argument("--policies",
                     help="comma list of policies and baselines beside full data (default: all of "
                          f"{', '.join(p for p in ORDER if p != 'full')})")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per entry (default 3)")
@@ -531,6 +569,8 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
                     help="where the LR is x0.1, as fractions of each run (default 0.25,0.5,0.75)")
     ap.add_argument("-np", "--num-proc", dest="np", type=int, default=1, help="ranks per run (horovodrun -np)")
     ap.add_argument("-H", "--hosts", help="horovodrun -H host:slots,... (default localhost:NP)")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at once on this host (default 1; each takes -np "
+                    "ranks: e.g. 2 one-rank runs on a 2-core machine)")
     ap.add_argument("--out", default="runs/compare", help="the compare's folder (default runs/compare)")
     ap.add_argument("--resume", action="store_true", help="continue the compare in --out: finished runs are kept")
     ap.add_argument("--force", action="store_true", help="start over in a non-empty --out")
@@ -550,7 +590,8 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     if a.epochs < 2:
         raise ConfigError(f"--epochs: must be at least 2, got {a.epochs}")
     known = set(POLICIES) | set(BASELINES)
-    policies = [p.strip() for p in a.policies.split(",") if p.strip() and p.strip() != "full"]
+    policies = [p.strip() for p in (a.policies or ",".join(ORDER)).split(",") if p.strip() in known or p.strip()]
+    policies = [p for p in policies if p != "full" and (a.policies or p in known)]
     unknown = [p for p in policies if p not in known]
     if unknown:
         raise ConfigError(f"--policies: unknown {', '.join(unknown)}; choose from "
@@ -559,6 +600,8 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         raise ConfigError(f"--seeds: must be at least 1, got {a.seeds}")
     if a.np < 1:
         raise ConfigError(f"-np: must be at least 1, got {a.np}")
+    if a.parallel < 1:
+        raise ConfigError(f"--parallel: must be at least 1, got {a.parallel}")
     owned = [f for f in extra if f.split("=")[0] in OWNED_FLAGS]
     if owned:
         raise ConfigError(f"train flags after --: {', '.join(owned)} are set by compare for each run; drop them")
@@ -573,7 +616,7 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         settings, a = parse(argv)
-        run_compare(settings, Path(a.out), resume=a.resume, force=a.force,
+        run_compare(settings, Path(a.out), resume=a.resume, force=a.force, parallel=a.parallel,
                     log=lambda line: print(line, flush=True))
     except DapError as e:
         print(f"dap-hvd compare: error: {e}", file=sys.stderr)
