@@ -418,7 +418,8 @@ def render(raw: dict) -> dict:
         sec["selection"] = (
             f"The step after a scored epoch for N = {sel[0]['num_samples']:,} samples (ImageNet): merge the "
             f"per-sample losses, write them into the score table, run the policy on rank 0 (DaP: hardest 90% of the "
-            f"subset; InfoBatch: below-mean pruning at r = 0.5 with its loss weights), broadcast the selection "
+            f"subset; InfoBatch: below-mean pruning at r = 0.5 with its loss weights; SeTa: 1-D k-means of all N "
+            f"scores (r = 0) into 5 groups, a window of 3), broadcast the selection "
             f"(int64 indices, and float32 weights for InfoBatch). CPU ranks under `horovodrun --gloo` on this "
             f"machine, median of {sel[0]['repeats']} (slowest rank each time). Bytes: what rank 0 puts on the wire. "
             f"Memory: the score table holds {sel[0]['score_table_mb']:.1f} MB on every rank (float32 loss + int32 "

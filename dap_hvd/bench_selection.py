@@ -3,7 +3,8 @@
 Each rank fills a ledger for its shard of N samples as training would. Then we time the whole
 step the trainer runs after a scored epoch: merge the losses (both methods), write them into the
 score table, run the policy on rank 0 (DaP's hardest 90%, InfoBatch's below-mean pruning with
-its weights), and broadcast the selection. Prints one JSON line on rank 0. Memory is the peak RSS
+its weights; SeTa's k-means of the scores into 5 groups and a window of 3, at r = 0: all N
+scores grouped), and broadcast the selection. Prints one JSON line on rank 0. Memory is the peak RSS
 growth during the step, beyond the ledger and the score table themselves.
 """
 
@@ -69,11 +70,12 @@ def main() -> None:
         idx = torch.from_numpy(shard.indices[s:s + 256])
         ledger.record(idx, torch.from_numpy(losses[shard.indices[s:s + 256]]), torch.from_numpy(shard.valid[s:s + 256]))
     sched = Schedule(epochs=120, warmup=10, interval=2, keep=0.9, active=10, reuse=(30, 60, 90))
-    policies = {"dap": make_policy("dap", sched), "infobatch": make_policy("infobatch", sched)}
+    policies = {"dap": make_policy("dap", sched), "infobatch": make_policy("infobatch", sched),
+                "seta": make_policy("seta", sched)}
     scores = ScoreTable(n)
     results = {}
     for name, policy in policies.items():
-        # after epoch 12 DaP drops (W=10, I=2); InfoBatch prunes every epoch
+        # after epoch 12 DaP drops (W=10, I=2); InfoBatch and SeTa prune every epoch
         state = DapState(t_start=10, t_prev=10) if name == "dap" else None
         for method in ("allreduce", "allgather"):
             times, sent, mem = [], [], []

@@ -34,10 +34,14 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data policy")
     g.add_argument("--strategy", help="; ".join(f"{k}: {v}" for k, v in POLICIES.items()) + " (default dap)")
     g.add_argument("--prune-ratio", type=float, help="infobatch r: below-mean samples are pruned with this "
-                   "probability, the kept ones' losses scaled by 1/(1-r) (default 0.5)")
-    g.add_argument("--anneal", type=float, help="infobatch delta: the first floor(delta x E) epochs prune, the "
-                   "rest use all data (default 0.875)")
+                   "probability, the kept ones' losses scaled by 1/(1-r) (default 0.5); seta r: each epoch draws "
+                   "a random 1-r of the data (default 0)")
+    g.add_argument("--anneal", type=float, help="infobatch/seta delta: the first floor(delta x E) epochs prune, the "
+                   "rest use all data (infobatch) or a random 1-r of it (seta) (default 0.875)")
     g.add_argument("--fraction", type=float, help="rs2 r: the share of the data each epoch trains (default 0.5)")
+    g.add_argument("--groups", type=int, help="seta k: loss groups, by 1-D k-means (default 5)")
+    g.add_argument("--window", type=float, help="seta w: a pruning epoch trains round(k x w) consecutive groups, "
+                   "sliding from easy to hard (default 0.6)")
 
 
 def _schedule_overrides(a: argparse.Namespace) -> dict:
@@ -98,6 +102,10 @@ def cmd_plan(a: argparse.Namespace) -> int:
         print(f"{e.epoch:>5}  {fraction:>15}  {size:>17}  {e.event:<7} {e.after}")
     if p.exact:
         print(f"compute ratio: {p.compute_ratio:.4f} ({p.compute_ratio:.1%} of full-data training)")
+    elif p.nominal_ratio is not None:
+        low, high = p.compute_bounds
+        print(f"compute ratio: nominal {p.nominal_ratio:.4f} (the window's groups of equal size), bounds "
+              f"{low:.4f}..{high:.4f} (the k-means groups follow the losses; summary.json has the measured value)")
     else:
         low, high = p.compute_bounds
         print(f"compute ratio: {low:.4f}..{high:.4f} (depends on the losses; the lower bound is in expectation, "

@@ -84,13 +84,17 @@ class PolicyConfig:
 
     __pydantic_config__ = _STRICT
 
-    prune_ratio: float = 0.5  # infobatch r: a below-mean sample is pruned with this probability
-    anneal: float = 0.875  # infobatch delta: the first floor(delta * E) epochs prune, the rest use all data
+    # infobatch r: a below-mean sample is pruned with this probability; seta r: each epoch draws 1-r of the data.
+    prune_ratio: Optional[float] = None  # None: the policy's default (infobatch 0.5, seta 0.0)
+    anneal: float = 0.875  # infobatch/seta delta: the first floor(delta * E) epochs prune, the rest do not
     fraction: float = 0.5  # rs2 r: the share of the data each epoch trains
+    groups: int = 5  # seta k: loss groups (1-D k-means)
+    window: float = 0.6  # seta w: round(k * w) consecutive groups train in a pruning epoch
 
 
 # Which policy reads which parameter: a parameter given for another policy is a mistake.
-POLICY_PARAMS = {"infobatch": ("prune_ratio", "anneal"), "rs2": ("fraction",)}
+POLICY_PARAMS = {"infobatch": ("prune_ratio", "anneal"), "rs2": ("fraction",),
+                 "seta": ("prune_ratio", "anneal", "groups", "window")}
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ class TrainConfig:
     def make_policy(self):
         p = self.policy
         return make_policy(self.strategy, self.schedule, prune_ratio=p.prune_ratio, anneal=p.anneal,
-                           fraction=p.fraction)
+                           fraction=p.fraction, groups=p.groups, window=p.window)
 
     @property
     def data_root(self) -> Path:

@@ -781,7 +781,8 @@ def _policy_params(cfg: TrainConfig) -> dict:
     """The parameters the chosen policy reads (a resume may not change them)."""
     from dap_hvd.config import POLICY_PARAMS
 
-    return {k: getattr(cfg.policy, k) for k in POLICY_PARAMS.get(cfg.strategy, ())}
+    policy = cfg.make_policy()  # its values, defaults resolved (prune_ratio's depends on the policy)
+    return {k: getattr(policy, k) for k in POLICY_PARAMS.get(cfg.strategy, ())}
 
 
 def _restore_policy_data(world: dist.World, ckpt: Optional[dict], shared: dict, num_samples: int):

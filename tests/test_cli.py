@@ -68,6 +68,20 @@ def test_plan_gives_rs2_exactly_and_infobatch_within_bounds(capsys):
     assert p["compute_ratio"] is None and p["compute_ratio_min"] == __import__("pytest").approx((2 + 6 * 0.5) / 8)
 
 
+def test_plan_gives_seta_its_bounds_and_nominal_ratio(capsys):
+    assert main(["plan", "--strategy", "seta", "--prune-ratio", "0.3", "--groups", "5", "--window", "0.6",
+                 "--epochs", "8", "--reuse", "none", "--num-samples", "1000", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    # floor(0.875 * 8) = 7: epoch 1 the whole draw of 700, 2..7 a window of 3 of 5 groups, 8 a draw of 700
+    assert p["policy"] == "seta" and p["params"]["prune_epochs"] == 7 and p["compute_ratio"] is None
+    assert [e["size"] for e in p["epochs"]] == [700] * 8 and p["compute_ratio_max"] == 0.7
+    assert p["compute_ratio_nominal"] == __import__("pytest").approx((2 * 0.7 + 6 * 0.7 * 0.6) / 8)
+    assert main(["plan", "--strategy", "seta", "--epochs", "8", "--reuse", "none", "--num-samples", "1000"]) == 0
+    assert "compute ratio: nominal 0.7000" in capsys.readouterr().out  # r = 0: (2 + 6 x 0.6) / 8
+    assert main(["plan", "--strategy", "infobatch", "--window", "0.5"]) == 2
+    assert "applies to --strategy seta, not --strategy infobatch" in capsys.readouterr().err
+
+
 def test_plan_refuses_a_parameter_of_another_policy(capsys):
     assert main(["plan", "--fraction", "0.3"]) == 2
     assert "policy.fraction (--fraction): applies to --strategy rs2, not --strategy dap" in capsys.readouterr().err

@@ -108,6 +108,22 @@ def test_policy_parameters_from_yaml_and_flags(tmp_path):
         load_config(None, {"strategy": "infobatch", "max_steps_per_epoch": 2})
 
 
+def test_seta_parameters_from_yaml_and_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("strategy: seta\npolicy: {groups: 4, window: 0.5}\n")
+    p = load_config(str(y), {"prune_ratio": "0.2"}).make_policy()
+    assert (p.name, p.prune_ratio, p.groups, p.window, p.anneal) == ("seta", 0.2, 4, 0.5, 0.875)
+    assert load_config(None, {"strategy": "seta"}).make_policy().prune_ratio == 0.0  # the reference's default
+    assert load_config(None, {"strategy": "infobatch"}).make_policy().prune_ratio == 0.5
+    with pytest.raises(ConfigError, match=r"policy.groups \(--groups\): applies to --strategy seta, not --strategy "
+                                          r"infobatch"):
+        load_config(None, {"strategy": "infobatch", "groups": 3})
+    with pytest.raises(ConfigError, match=r"policy.window \(--window\): must be in \(0, 1\]"):
+        load_config(str(y), {"window": 1.5})
+    with pytest.raises(ConfigError, match=r"--max-steps-per-epoch.*--strategy seta"):
+        load_config(None, {"strategy": "seta", "max_steps_per_epoch": 2})
+
+
 def test_type_errors_are_reported_for_every_field_at_once():
     with pytest.raises(ConfigError) as e:
         load_config(None, {"batch_size": "many", "loader": "pil", "nesterov": "maybe", "lr": "inf", "keep": "most"})
@@ -121,5 +137,6 @@ def test_type_errors_are_reported_for_every_field_at_once():
     assert "data.loader (--loader): input should be 'dali' or 'torch', got 'pil'" in msg
     with pytest.raises(ConfigError, match=r"optim.lr \(--lr\): input should be a finite number"):
         load_config(None, {"lr": "inf"})
-    with pytest.raises(ConfigError, match=r"unknown config key 'policy.ratio'; known keys: anneal, fraction, prune_ratio"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'policy.ratio'; known keys: anneal, fraction, groups, "
+                                          r"prune_ratio, window"):
         load_config(None, {"policy.ratio": 0.3})

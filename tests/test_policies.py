@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dap_hvd import ConfigError, DivergedError
-from dap_hvd.policy.policies import POLICIES, RS2, Context, DropSchedule, InfoBatch, Selection, make_policy
+from dap_hvd.policy.policies import (POLICIES, RS2, Context, DropSchedule, InfoBatch, SeTa, Selection, kmeans_1d,
+                                     make_policy, seta_window)
 from dap_hvd.policy.schedule import Schedule, plan
 from dap_hvd.policy.scores import ScoreTable
 
@@ -164,7 +165,7 @@ def test_dap_refuses_non_finite_scores_with_the_samples():
 
 
 def test_registry_names_every_policy_and_refuses_unknown_ones():
-    assert list(POLICIES) == ["dap", "random", "full", "infobatch", "rs2"]
+    assert list(POLICIES) == ["dap", "random", "full", "infobatch", "rs2", "seta"]
     for name in POLICIES:
         assert make_policy(name, SCHED).name == name
     with pytest.raises(ConfigError, match="--strategy.*infobatch"):
@@ -180,6 +181,162 @@ def test_the_policy_package_imports_no_torch():
     code = ("import sys, dap_hvd.policy.policies, dap_hvd.policy.scores, dap_hvd.config; "
             "bad = [m for m in ('torch', 'horovod', 'pydantic') if m in sys.modules]; assert not bad, bad")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
+# ---------------------------------------------------------------- SeTa
+
+def reference_window(num_groups, iteration, window_scale):
+    """seta.py's slide_easy2hard (github.com/mrazhou/SeTa), as group positions."""
+    if iteration == 0:
+        return list(range(num_groups))
+    window_size = round(num_groups * window_scale)
+    start = iteration % (num_groups - window_size + 1)
+    return list(range(num_groups))[start:start + window_size]
+
+
+@pytest.mark.parametrize("k,w", [(5, 0.6), (5, 0.5), (10, 0.5), (5, 0.9), (4, 0.25), (3, 1.0), (1, 0.7), (7, 0.3)])
+def test_seta_window_slides_by_one_group_and_cycles_like_the_reference(k, w):
+    for it in range(40):
+        start, stop = seta_window(k, w, it)
+        assert list(range(start, stop)) == reference_window(k, it, w), it
+    # the worked example: k=5, w=0.6 keeps 3 groups, starting at 1, 2, 0, 1, 2, 0, ... after all 5
+    assert [seta_window(5, 0.6, t) for t in range(6)] == [(0, 5), (1, 4), (2, 5), (0, 3), (1, 4), (2, 5)]
+    assert seta_window(5, 0.5, 1) == (1, 3)  # round(2.5) is 2, as in Python (the reference)
+
+
+def brute_lloyd(x, centers, iters=300):
+    """Textbook Lloyd on unsorted data: every point to its nearest center, O(n k) a step."""
+    for _ in range(iters):
+        label = np.argmin(np.abs(x[:, None] - centers[None, :]), axis=1)  # ties: the lower center
+        new = np.array([x[label == j].mean() if (label == j).any() else centers[j] for j in range(len(centers))])
+        if np.array_equal(new, centers):
+            break
+        centers = new
+    return label, centers
+
+
+@pytest.mark.parametrize("seed,k", [(0, 5), (1, 3), (2, 10), (3, 2)])
+def test_kmeans_1d_is_lloyd_to_convergence_with_groups_ordered_by_mean(seed, k):
+    rng = np.random.default_rng(seed)
+    x = np.sort(np.concatenate([rng.exponential(1.0, 3000), rng.normal(4, 0.3, 500)]))
+    g = kmeans_1d(x, k)
+    assert len(g.edges) == k + 1 and g.edges[0] == 0 and g.edges[-1] == len(x) and np.all(np.diff(g.edges) > 0)
+    assert np.all(np.diff(g.centers) > 0)  # ordered easy (low loss) to hard
+    for j in range(k):
+        assert g.centers[j] == pytest.approx(x[g.edges[j]:g.edges[j + 1]].mean())
+    # a fixed point of Lloyd: every value is nearest to its own group's mean, and the same
+    # iterations on unsorted data from the same start end in the same groups
+    label = np.repeat(np.arange(k), np.diff(g.edges))
+    assert np.array_equal(np.argmin(np.abs(x[:, None] - g.centers[None, :]), axis=1), label)
+    start = x[((np.arange(k) + 0.5) * len(x) / k).astype(int)]
+    perm = rng.permutation(len(x))
+    brute_label, brute_centers = brute_lloyd(x[perm], start)
+    assert np.array_equal(brute_label, label[perm]) and np.allclose(brute_centers, g.centers)
+
+
+def test_kmeans_1d_separates_clear_clusters_and_handles_repeated_values():
+    x = np.sort(np.array([0.0, 0.1, 0.2, 5.0, 5.1, 10.0]))
+    assert np.diff(kmeans_1d(x, 3).edges).tolist() == [3, 2, 1]
+    # a block of equal values (never-scored samples at the mean) stays in one group
+    x = np.sort(np.concatenate([np.linspace(0, 1, 100), np.full(400, 0.5)]))
+    g = kmeans_1d(x, 5)
+    groups = [x[a:b] for a, b in zip(g.edges[:-1], g.edges[1:])]
+    assert sum((grp == 0.5).any() for grp in groups) == 1 and len(groups) == 5
+    assert np.diff(kmeans_1d(np.array([1.0, 1.0, 2.0, 3.0, 3.0]), 5).edges).tolist() == [2, 1, 2]  # 3 values
+
+
+def seta_scores(n, k, rng):
+    """Scores in k well-separated bands: band j holds losses near 10 j."""
+    band = rng.integers(0, k, n)
+    return band, (10.0 * band + rng.random(n)).astype(np.float32)
+
+
+def test_seta_keeps_the_window_of_loss_groups_of_a_uniform_draw():
+    n, k, w, r = 20_000, 5, 0.6, 0.3
+    rng = np.random.default_rng(0)
+    universe = np.sort(rng.choice(3 * n, n, replace=False)).astype(np.int64)
+    scores = np.full(3 * n, np.nan, np.float32)
+    band, scores[universe] = seta_scores(n, k, rng)
+    band_of = dict(zip(universe.tolist(), band.tolist()))
+    seta = SeTa(epochs=20, prune_ratio=r, groups=k, window=w)
+    assert seta.prune_epochs == 17 and seta.window_groups == 3
+    m = int((1 - r) * n)
+    for epoch in range(2, 9):
+        step = seta.select(ctx(epoch - 1, universe, scores=scores, seed=4))
+        sel = step.selection
+        assert step.action == "prune" and sel.weights is None and np.all(np.diff(sel.indices) > 0)
+        drawn = universe[seta.draw(universe, 4, epoch)]
+        assert len(drawn) == len(np.unique(drawn)) == m and set(sel.indices.tolist()) <= set(drawn.tolist())
+        want = set(reference_window(k, epoch - 1, w))
+        assert sorted({band_of[i] for i in sel.indices.tolist()}) == sorted(want)
+        assert set(sel.indices.tolist()) == {i for i in drawn.tolist() if band_of[i] in want}  # the whole group
+    # the draw is uniform: each band's share of it is its share of the data
+    drawn = universe[seta.draw(universe, 4, 3)]
+    share = np.bincount([band_of[i] for i in drawn.tolist()], minlength=k) / m
+    assert np.allclose(share, np.bincount(band, minlength=k) / n, atol=0.02)
+    # epoch 1: the whole draw (the first pruning iteration keeps every group); a fresh draw each epoch
+    first = seta.first(universe, 4)
+    assert np.array_equal(first.indices, np.sort(universe[seta.draw(universe, 4, 1)]))
+    assert len(first.indices) == m and not np.array_equal(first.indices, np.sort(drawn))
+
+
+def test_seta_anneals_on_a_random_draw_and_asks_for_scores_only_before_pruning_epochs():
+    n, r = 1000, 0.4
+    universe = np.arange(n, dtype=np.int64)
+    scores = np.random.default_rng(1).exponential(1.0, n).astype(np.float32)
+    seta = SeTa(epochs=8, prune_ratio=r, anneal=0.5)
+    assert seta.prune_epochs == 4
+    actions = [seta.select(ctx(e, universe, scores=scores)).action for e in range(1, 8)]
+    assert actions == ["prune"] * 3 + ["draw"] * 4
+    assert [seta.needs_scores(e, None) for e in range(1, 9)] == [True] * 3 + [False] * 5
+    for e in range(5, 9):  # no scores used: a uniform draw of floor((1-r) N), unweighted
+        sel = seta.select(ctx(e - 1, universe, scores=scores)).selection
+        assert len(sel.indices) == 600 and sel.weights is None
+        assert np.array_equal(sel.indices, seta.select(ctx(e - 1, universe, scores=-scores)).selection.indices)
+    end = seta.select(ctx(8, universe, scores=scores, final=True))
+    assert end.action == "end" and len(end.selection.indices) == 600
+    # r = 0 and w = 1: all data every epoch
+    assert all(len(SeTa(epochs=4, window=1.0).select(ctx(e, universe, scores=scores)).selection.indices) == n
+               for e in range(1, 4))
+
+
+def test_seta_ranks_never_scored_samples_at_the_mean_and_is_seeded():
+    n = 5000
+    universe = np.arange(n, dtype=np.int64)
+    band, scores = seta_scores(n, 5, np.random.default_rng(2))
+    scores[::3] = np.nan
+    seta = SeTa(epochs=10, prune_ratio=0.2)
+    imputed = scores.copy()
+    imputed[::3] = np.nanmean(scores.astype(np.float64))
+    for e in range(1, 6):
+        a = seta.select(ctx(e, universe, scores=scores, seed=7)).selection.indices
+        assert np.array_equal(a, seta.select(ctx(e, universe, scores=imputed, seed=7)).selection.indices)
+        assert np.array_equal(a, seta.select(ctx(e, universe, scores=scores, seed=7)).selection.indices)
+        assert not np.array_equal(a, seta.select(ctx(e, universe, scores=scores, seed=8)).selection.indices)
+    # nothing scored, or every score equal: the draw cut in its random order into k parts
+    for flat in (np.full(n, np.nan, np.float32), np.ones(n, np.float32)):
+        sel = seta.select(ctx(1, universe, scores=flat, seed=7)).selection.indices  # epoch 2: 3 of 5 parts
+        parts = np.array_split(universe[seta.draw(universe, 7, 2)], 5)
+        assert np.array_equal(sel, np.sort(np.concatenate(parts[1:4])))
+
+
+def test_seta_parameters_and_plan():
+    with pytest.raises(ConfigError, match=r"policy.prune_ratio \(--prune-ratio\).*\[0, 1\)"):
+        SeTa(epochs=4, prune_ratio=1.0)
+    with pytest.raises(ConfigError, match=r"--groups.*integer >= 1"):
+        SeTa(epochs=4, groups=0)
+    with pytest.raises(ConfigError, match=r"--window.*round\(5 x 0.1\) keeps no group"):
+        SeTa(epochs=4, groups=5, window=0.1)
+    assert make_policy("seta", SCHED).prune_ratio == 0.0 and make_policy("infobatch", SCHED).prune_ratio == 0.5
+    p = SeTa(epochs=10, prune_ratio=0.3, groups=5, window=0.6).plan(1000)  # prunes epochs 1..8
+    assert [e.event for e in p.epochs] == ["prune"] * 8 + ["draw"] * 2
+    assert [e.exact for e in p.epochs] == [True] + [False] * 7 + [True] * 2
+    assert all(e.size == 700 for e in p.epochs) and all(e.low_size == 1 for e in p.epochs[1:8])
+    assert p.compute_ratio is None and p.compute_bounds[1] == pytest.approx(0.7)
+    assert p.nominal_ratio == pytest.approx((0.7 + 7 * 0.7 * 3 / 5 + 2 * 0.7) / 10)
+    assert p.to_dict()["compute_ratio_nominal"] == p.nominal_ratio
+    # a window of every group: exact
+    assert SeTa(epochs=10, prune_ratio=0.3, window=1.0).plan(1000).compute_ratio == pytest.approx(0.7)
 
 
 # ---------------------------------------------------------------- the score table

@@ -331,11 +331,12 @@ def test_a_fresh_run_moves_an_earlier_one_aside(tiny_data, tmp_path):
     assert "every epoch is warm-up" in (out / "train.log").read_text()
 
 
-@pytest.mark.parametrize("policy", [("rs2", "--fraction", "0.3"), ("infobatch", "--prune-ratio", "0.5"), ("random",)])
+@pytest.mark.parametrize("policy", [("rs2", "--fraction", "0.3"), ("infobatch", "--prune-ratio", "0.5"), ("random",),
+                                    ("seta", "--prune-ratio", "0.3")])
 def test_policy_trains_to_its_plan_and_resumes_exactly(tiny_data, tmp_path, policy):
-    """RS2 and random measure exactly their plans; InfoBatch stays within its bounds. A run
-    stopped after epoch 3 and resumed reproduces every selection, weight vector and score table
-    bit for bit."""
+    """RS2 and random measure exactly their plans; InfoBatch and SeTa stay within their bounds.
+    A run stopped after epoch 3 and resumed reproduces every selection, weight vector and score
+    table bit for bit."""
     import torch
 
     from dap_hvd.policy.policies import make_policy
@@ -347,12 +348,23 @@ def test_policy_trains_to_its_plan_and_resumes_exactly(tiny_data, tmp_path, poli
     s = summary(whole)
     n, gb = s["num_samples"], s["global_batch"]
     planned = make_policy(name, Schedule(6, 1, 1, 0.7, None, (4,)), **given).plan(n)
-    assert s["policy"] == {"name": name, **given, **({"anneal": 0.875} if name == "infobatch" else {})}
+    defaults = {"infobatch": {"anneal": 0.875}, "seta": {"anneal": 0.875, "groups": 5, "window": 0.6}}
+    assert s["policy"] == {"name": name, **given, **defaults.get(name, {})}
     for e, pe in zip(s["epochs"], planned.epochs):
         assert pe.low_size <= e["subset"] <= pe.size
         assert e["samples"] == e["subset"] + e["padding"] and 0 <= e["padding"] < 2
     low, high = s["compute_ratio_planned_min"], s["compute_ratio_planned_max"]
-    if name != "infobatch":
+    if name == "seta":
+        ep = s["epochs"]
+        # floor(0.875 * 6) = 5: epoch 1 the whole draw of 280, 2..5 a window of 3 of 5 loss groups of
+        # a fresh draw, 6 a fresh draw of 280; no weights; scores of epochs 1..4 group epochs 2..5
+        assert [e["subset"] for e in ep][::5] == [280, 280] and all(e["subset"] < 280 for e in ep[1:5])
+        assert len({e["selection_digest"] for e in ep}) == 6
+        assert all(e["weights_digest"] is None for e in ep)
+        assert [e["scores_digest"] is not None for e in ep] == [True] * 4 + [False] * 2
+        assert [e["after"] for e in ep] == ["prune"] * 4 + ["draw", "end"]
+        assert low <= s["compute_ratio_measured"] < high
+    elif name != "infobatch":
         assert [e["subset"] for e in s["epochs"]] == [e.size for e in planned.epochs]
         if name == "rs2":
             assert [e["subset"] for e in s["epochs"]] == [120] * 6  # 0.3 of 400, every epoch

@@ -13,6 +13,9 @@ drew, and the checkpoint needs no RNG blob.
              scale the kept ones' losses by 1/(1-r); the last (1-delta) of the epochs use all data
   rs2        Okanovic et al., ICLR 2024, without replacement: each epoch the next fraction r of a
              walk through seeded permutations, so every sample is seen once before any twice
+  seta       Zhou et al., CVPR 2025: a random (1-r) of the data, grouped by loss with 1-D k-means,
+             a window of the groups sliding from easy to hard; the last (1-delta) of the epochs
+             train a random (1-r) of the data
 
 The trainer is the thin stateful shell: it records losses when `needs_scores` says so, merges
 them into the score table, and calls `select` on rank 0.
@@ -332,6 +335,205 @@ class RS2:
         return Plan(_length(self.epochs), num_samples, rows, policy=self.name, params=dict(fraction=self.fraction))
 
 
+@dataclass(frozen=True)
+class Groups:
+    """1-D k-means of `values` sorted ascending: group g is values[edges[g]:edges[g + 1]], the
+    groups ordered by mean from low to high (in 1-D every cluster is an interval of the sorted
+    values, so the order of the intervals is the order of their means)."""
+
+    edges: np.ndarray  # int64, len(groups) + 1, strictly increasing: no group is empty
+    centers: np.ndarray  # float64 mean of each group
+    iterations: int  # Lloyd steps run
+
+
+def _round_down(values: np.ndarray, dtype) -> np.ndarray:
+    """`values` (float64) as the largest `dtype` numbers not above them: searchsorted of these in
+    data of that dtype cuts exactly where the float64 values would, without a float64 copy."""
+    out = values.astype(dtype)
+    above = out > values
+    out[above] = np.nextafter(out[above], np.array(-np.inf, dtype=dtype))
+    return out
+
+
+KMEANS_MAX_ITER = 300  # sklearn's KMeans default, which the reference calls
+
+
+def kmeans_1d(sorted_values: np.ndarray, k: int, max_iter: int = KMEANS_MAX_ITER) -> Groups:
+    """Exact Lloyd iterations on sorted 1-D data, to convergence (or `max_iter`): with the data
+    sorted, an assignment is k-1 cut points (a searchsorted of the midpoints between centers) and
+    a group's mean is a difference of prefix sums, so a step costs O(k log n), not O(n k).
+    Deterministic: the centers start at the data's quantiles (k-means++ in the reference), at the
+    quantiles of the distinct values when repeated values make those coincide. With at most k
+    distinct values each value is its own group."""
+    x = np.asarray(sorted_values)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    n = len(x)
+    if n == 0 or k < 1:
+        raise ValueError(f"kmeans_1d needs values and k >= 1, got {n} values, k={k}")
+    prefix = np.zeros(n + 1)
+    np.cumsum(x, dtype=np.float64, out=prefix[1:])
+
+    def groups(edges: np.ndarray, iterations: int) -> Groups:
+        return Groups(edges, (prefix[edges[1:]] - prefix[edges[:-1]]) / np.diff(edges), iterations)
+
+    def distinct_starts() -> np.ndarray:  # the first position of each distinct value
+        return np.flatnonzero(np.concatenate([[True], x[1:] != x[:-1]]))
+
+    if 1 + np.count_nonzero(x[1:] != x[:-1]) <= k:
+        return groups(np.append(distinct_starts(), n).astype(np.int64), 0)
+    centers = x[((np.arange(k) + 0.5) * n / k).astype(np.int64)].astype(np.float64)
+    if np.any(np.diff(centers) <= 0):
+        distinct = x[distinct_starts()]
+        centers = distinct[((np.arange(k) + 0.5) * len(distinct) / k).astype(np.int64)].astype(np.float64)
+    cuts = None
+    for it in range(1, max_iter + 1):
+        # a value on a midpoint goes to the lower group
+        new_cuts = np.searchsorted(x, _round_down((centers[:-1] + centers[1:]) / 2, x.dtype), side="right")
+        if cuts is not None and np.array_equal(new_cuts, cuts):
+            break
+        cuts = new_cuts
+        edges = np.concatenate([[0], cuts, [n]])
+        counts = np.diff(edges)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        centers = np.where(counts > 0, sums / np.maximum(counts, 1), centers)  # an empty group keeps its center
+    edges = np.unique(np.concatenate([[0], cuts, [n]])).astype(np.int64)  # empty groups dropped
+    return groups(edges, it)
+
+
+def seta_window(num_groups: int, window: float, iteration: int) -> tuple[int, int]:
+    """The groups [start, stop) that SeTa keeps at pruning iteration `iteration` (0-based: the
+    first pruning epoch is 0 and keeps every group). round(k w) consecutive groups (at least one),
+    the start sliding by one group per iteration from easy to hard and back to 0 after
+    k - round(k w) + 1 iterations. Python's round, as in the reference: round(2.5) is 2."""
+    if iteration == 0:
+        return 0, num_groups
+    size = min(num_groups, max(1, round(num_groups * window)))
+    start = iteration % (num_groups - size + 1)
+    return start, start + size
+
+
+@dataclass(frozen=True)
+class SeTa:
+    """SeTa (Zhou, Gao, Wang, "Scale Efficient Training for Large Datasets", CVPR 2025), after the
+    reference seta.py (github.com/mrazhou/SeTa). Each pruning epoch t = 1..floor(delta E) draws a
+    uniform random floor((1-r) N) of the data, groups the drawn samples by their last score with
+    1-D k-means into k groups ordered by mean (easy to hard), and trains the window of round(k w)
+    consecutive groups starting at group (t-1) mod (k - round(k w) + 1); epoch 1 trains the whole
+    draw. Later epochs ("partial annealing") each train a fresh random floor((1-r) N). Losses are
+    not rescaled.
+
+    A sample never scored (the reference starts every score at 3.0, whose place among the losses
+    depends on the dataset and the epoch) takes the mean of the scored samples' scores: an unknown
+    sits in the middle of the easy-to-hard order, in groups most windows hold. With no sample
+    scored, or all scores equal, the draw is cut in its random order into k near-equal groups (the
+    reference's torch.chunk)."""
+
+    epochs: int
+    prune_ratio: float = 0.0
+    groups: int = 5
+    window: float = 0.6
+    anneal: float = 0.875
+    name: str = "seta"
+    uses_scores: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "prune_ratio", _check_ratio(self.prune_ratio, "prune_ratio", "--prune-ratio",
+                                                             low_open=False))
+        object.__setattr__(self, "window", _check_ratio(self.window, "window", "--window", high_open=False))
+        object.__setattr__(self, "anneal", _check_ratio(self.anneal, "anneal", "--anneal", high_open=False))
+        if not (isinstance(self.groups, int) and not isinstance(self.groups, bool) and self.groups >= 1):
+            raise ConfigError(f"policy.groups (--groups): must be an integer >= 1, got {self.groups!r}")
+        if round(self.groups * self.window) < 1:
+            raise ConfigError(f"policy.window (--window): round(groups x window) = round({self.groups} x "
+                              f"{self.window}) keeps no group; raise --window above {0.5 / self.groups:.3g} or "
+                              f"--groups")
+
+    @property
+    def prune_epochs(self) -> int:
+        """Epochs 1..prune_epochs slide the window; later ones train a random draw."""
+        return int(Fraction(repr(self.anneal)) * self.epochs)
+
+    @property
+    def window_groups(self) -> int:
+        return min(self.groups, round(self.groups * self.window))
+
+    def draw_count(self, n: int) -> int:
+        return keep_count(n, 1.0 - self.prune_ratio)
+
+    def draw(self, universe: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        """Epoch `epoch`'s uniform random floor((1-r) N), as positions into `universe`, in their
+        random order."""
+        rng = np.random.default_rng([seed, epoch, 0x5E7A])
+        return rng.permutation(len(universe))[:self.draw_count(len(universe))]
+
+    def choose(self, universe: np.ndarray, scores: np.ndarray, seed: int, epoch: int) -> Selection:
+        """The samples of `epoch` (1-based): a pure function of the seed, the epoch and the scores.
+        About 0.1 s at N = 1.28M: one permutation, one sort of the drawn scores (float32), masks."""
+        universe = np.asarray(universe, dtype=np.int64)
+        if self.draw_count(len(universe)) == len(universe):  # r = 0: the draw is every sample
+            chosen = universe
+        else:
+            drawn = np.zeros(len(universe), dtype=bool)
+            drawn[self.draw(universe, seed, epoch)] = True
+            chosen = universe[drawn]  # sorted, as the universe is
+            del drawn
+        if epoch == 1 or epoch > self.prune_epochs:  # all groups of the draw, or the annealing draw
+            return Selection(chosen)
+        values = np.asarray(scores[chosen], dtype=np.float32)  # finite or NaN: the trainer stops on inf
+        unscored = np.isnan(values)
+        if unscored.any() and not unscored.all():  # the mean of every scored sample, drawn or not
+            values[unscored] = np.nanmean(np.asarray(scores[universe], dtype=np.float32), dtype=np.float64)
+        if unscored.all() or values.min() == values.max():
+            # no order to group by: cut the draw, in its random order, into k near-equal groups
+            raw = self.draw(universe, seed, epoch)
+            parts = np.array_split(raw, min(self.groups, len(raw)))
+            start, stop = seta_window(len(parts), self.window, epoch - 1)
+            return Selection(np.sort(universe[np.concatenate(parts[start:stop])]))
+        ordered = np.sort(values)
+        g = kmeans_1d(ordered, self.groups)
+        start, stop = seta_window(len(g.edges) - 1, self.window, epoch - 1)
+        # Equal values never straddle two groups, so a window of groups is a closed range of values.
+        low, high = ordered[g.edges[start]], ordered[g.edges[stop] - 1]
+        return Selection(chosen[(values >= low) & (values <= high)])
+
+    def first(self, universe, seed):
+        return self.choose(universe, np.full(0, np.nan), seed, 1)
+
+    def initial_state(self):
+        return None
+
+    def needs_scores(self, epoch, state):
+        return epoch + 1 <= self.prune_epochs  # the next epoch groups by these scores
+
+    def select(self, ctx):
+        nxt = ctx.epoch + 1
+        action = "end" if ctx.final else ("prune" if nxt <= self.prune_epochs else "draw")
+        if ctx.final:  # no scores were merged: a run extended past E continues with the annealing draw
+            return Step(self.choose(ctx.universe, ctx.scores, ctx.seed, self.epochs + 1), None, action)
+        return Step(self.choose(ctx.universe, ctx.scores, ctx.seed, nxt), None, action)
+
+    def plan(self, num_samples):
+        """Epoch 1 and the annealing epochs train exactly floor((1-r) N). A sliding epoch's size
+        depends on the k-means groups: at least one sample, at most the draw; its nominal size,
+        with k equal groups, is round(k w)/k of the draw (summary.json has the measured one)."""
+        m = None if num_samples is None else self.draw_count(num_samples)
+        full = (1.0 - self.prune_ratio) if num_samples is None else m / num_samples
+        share = self.window_groups / self.groups
+        rows = []
+        for e in range(1, self.epochs + 1):
+            after = "end" if e == self.epochs else ("prune" if e + 1 <= self.prune_epochs else "draw")
+            if e == 1 or e > self.prune_epochs or self.window_groups == self.groups:
+                rows.append(EpochPlan(e, full, m, "draw" if e > self.prune_epochs else "prune", after))
+                continue
+            low = 1 / num_samples if num_samples else 0.0
+            rows.append(EpochPlan(e, full, m, "prune", after, min_fraction=low, min_size=1 if m else None,
+                                  nominal_fraction=full * share))
+        return Plan(_length(self.epochs), num_samples, tuple(rows), policy=self.name,
+                    params=dict(prune_ratio=self.prune_ratio, groups=self.groups, window=self.window,
+                                anneal=self.anneal, prune_epochs=self.prune_epochs))
+
+
 def _length(epochs: int) -> Schedule:
     # Policies other than DaP's family use only the run length of a Schedule.
     return Schedule(epochs=epochs, warmup=epochs, interval=1, keep=1.0)
@@ -344,15 +546,19 @@ POLICIES = {
     "full": "all data every epoch",
     "infobatch": "prune below-mean-loss samples with probability r, rescale the kept (Qin et al. 2024)",
     "rs2": "a fresh random fraction r each epoch, without replacement (Okanovic et al. 2024)",
+    "seta": "a random 1-r of the data, k-means loss groups, a window sliding easy to hard (Zhou et al. 2025)",
 }
 
 
-def make_policy(name: str, schedule: Schedule, *, prune_ratio: float = 0.5, anneal: float = 0.875,
-                fraction: float = 0.5) -> Policy:
+def make_policy(name: str, schedule: Schedule, *, prune_ratio: Optional[float] = None, anneal: float = 0.875,
+                fraction: float = 0.5, groups: int = 5, window: float = 0.6) -> Policy:
     if name in ("dap", "random", "full"):
         return DropSchedule(schedule, name=name)
-    if name == "infobatch":
-        return InfoBatch(schedule.epochs, prune_ratio=prune_ratio, anneal=anneal)
+    if name == "infobatch":  # r defaults per policy: InfoBatch's paper 0.5, SeTa's ImageNet script 0.0
+        return InfoBatch(schedule.epochs, prune_ratio=0.5 if prune_ratio is None else prune_ratio, anneal=anneal)
+    if name == "seta":
+        return SeTa(schedule.epochs, prune_ratio=0.0 if prune_ratio is None else prune_ratio, groups=groups,
+                    window=window, anneal=anneal)
     if name == "rs2":
         return RS2(schedule.epochs, fraction=fraction)
     raise ConfigError(f"strategy (--strategy): unknown policy {name!r}; choose from {', '.join(POLICIES)}")

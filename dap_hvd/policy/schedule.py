@@ -132,6 +132,8 @@ class EpochPlan:
     # Set where the size depends on the scores (InfoBatch): the lower bound, in expectation.
     min_fraction: Optional[float] = None
     min_size: Optional[int] = None
+    # Set where a policy has a size it aims at within the bounds (SeTa's window of equal groups).
+    nominal_fraction: Optional[float] = None
 
     @property
     def exact(self) -> bool:
@@ -173,6 +175,16 @@ class Plan:
     def compute_bounds(self) -> tuple[float, float]:
         return self._ratio(low=True), self._ratio(low=False)
 
+    @property
+    def nominal_ratio(self) -> Optional[float]:
+        """The compute ratio if every epoch had its nominal size; None where a policy has none."""
+        if not any(e.nominal_fraction is not None for e in self.epochs):
+            return self.compute_ratio
+        if any(e.nominal_fraction is None and not e.exact for e in self.epochs):
+            return None
+        return sum(e.fraction if e.nominal_fraction is None else e.nominal_fraction
+                   for e in self.epochs) / self.schedule.epochs
+
     def describe(self) -> str:
         low, high = self.compute_bounds
         return f"{high:.3f}" if self.exact else f"{low:.3f}..{high:.3f}"
@@ -187,6 +199,7 @@ class Plan:
             "compute_ratio": self.compute_ratio,
             "compute_ratio_min": low,
             "compute_ratio_max": high,
+            "compute_ratio_nominal": self.nominal_ratio,
             "epochs": [e.__dict__.copy() for e in self.epochs],
         }
 
