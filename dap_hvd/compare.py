@@ -252,8 +252,10 @@ def train_command(settings: Settings, spec: RunSpec, run_dir: Path) -> list[str]
     common = ["--data", settings.data, "--out", str(run_dir), "--seed", str(spec.seed), "--no-progress"]
     if "--eval-every" not in settings.train_args:  # evaluate once, at the end: the figure compared
         common += ["--eval-every", str(settings.epochs)]
-    return [*launcher(), "--gloo", "-np", str(settings.np), "-H", settings.hosts, dap_hvd, "train", *common,
-            *settings.train_args, *spec.flags]
+    train = [dap_hvd, "train", *common, *settings.train_args, *spec.flags]
+    if settings.np == 1 and settings.hosts in ("localhost:1", "127.0.0.1:1"):
+        return train  # one local process needs no launcher (its start-up is seconds per run)
+    return [*launcher(), "--gloo", "-np", str(settings.np), "-H", settings.hosts, *train]
 
 
 def record(spec: RunSpec, summary: dict, process_seconds: float) -> dict:
@@ -356,6 +358,7 @@ def run_compare(settings: Settings, out: Path, *, resume: bool = False, force: b
     todo = [s for seed in range(settings.seeds) for s in
             [t for t in todo if t.seed == seed] + [t for t in run_specs(settings, first, settings.policies[1:], n, out)
                                                    if t.seed == seed]]
+    warn_off_budget(todo, log)
     before = sum(1 for s in todo if s.key in done)
     if before:
         log(f"compare: {before} of {len(todo)} runs at budget {first:g} done already (in {out / STATE}); "
@@ -369,13 +372,26 @@ def run_compare(settings: Settings, out: Path, *, resume: bool = False, force: b
         chosen = [p for p in best_entries(state["runs"], first, settings.top_k) if p != "full"]
         state.setdefault("deeper", {})[f"{budget:g}"] = chosen
         log(f"compare: budget {budget:g} for the {len(chosen)} best at {first:g}: {', '.join(chosen)}")
-        runner.run(run_specs(settings, budget, [p for p in ORDER if p in chosen], n, out))
+        specs = run_specs(settings, budget, [p for p in ORDER if p in chosen], n, out)
+        warn_off_budget(specs, log)
+        runner.run(specs)
     state["seconds"] = state.get("seconds", 0.0) + time.time() - t_start
     save_state(out, state)
     report = build_report(state)
     write_report(out, report)
     log(f"compare: wrote {out / REPORT_MD}, {out / REPORT_JSON} and {out / PLOT}")
     return report
+
+
+def warn_off_budget(specs: list, log: Callable[[str], None], tolerance: float = 0.02) -> None:
+    """Say where a policy's plan cannot reach the budget on this run (e.g. DaP's scaled schedule on very
+    few epochs): its entry is still measured, at the compute shown."""
+    seen = set()
+    for s in specs:
+        if s.budget is not None and abs(s.tuned.planned - s.budget) > tolerance and (s.policy, s.budget) not in seen:
+            seen.add((s.policy, s.budget))
+            log(f"compare: warning: {s.policy} cannot reach budget {s.budget:g} in {s.key.rsplit('-s', 1)[0]}: "
+                f"its plan gives {s.tuned.planned:.3f} at best ({s.tuned.describe()})")
 
 
 @dataclass
