@@ -165,3 +165,13 @@ def test_a_compare_reports_and_resumes_after_a_kill_without_rerunning_finished_r
     assert "| full data | – | 1.000 | 1.000 | 1.000 |" in md and "| RS2: fraction 0.5 | 0.5 |" in md
     assert (out / compare.PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "runs" / "full-s0" / "checkpoints").exists()
+
+
+def test_a_plan_that_cannot_reach_the_budget_is_said_once_per_entry(tmp_path):
+    lines = []
+    specs = compare.run_specs(_settings(tmp_path, epochs=3, seeds=2, policies=("full", "dap", "rs2")), 0.75,
+                              ["dap", "rs2"], 400, tmp_path)
+    compare.warn_off_budget(specs, lines.append)
+    # DaP's ImageNet schedule scaled to 3 epochs picks all data back after epochs 1 and 2: never below 1.0
+    assert lines == ["compare: warning: dap cannot reach budget 0.75 in b0.75-dap: its plan gives 1.000 at best "
+                     "(keep 0.01)"]
