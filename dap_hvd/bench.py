@@ -329,10 +329,11 @@ def render(raw: dict) -> dict:
     sec = {}
     for name, file in PARETO.items():  # results from before `compare` keep the text they wrote
         if raw.get(name, {}).get("entries"):
-            from dap_hvd import compare
+            from dap_hvd import bench_real, compare
 
-            sec[name] = ("Fashion-MNIST (real 28×28 product photos, MIT licence, Debian's `dataset-fashion-mnist`), "
-                         "`dap-hvd compare` with 2 Gloo ranks on this machine: " + compare.render(raw[name])
+            sec[name] = ("Fashion-MNIST (real 28×28 product photos, MIT licence, Debian's `dataset-fashion-mnist`) "
+                         f"through `dap-hvd compare` on this machine: {bench_real.describe(name)} "
+                         + compare.render(raw[name])
                          + f"\n![top-1 against compute and wall clock](bench/{file})")
     m = raw.get("machine")
     if m:

@@ -41,6 +41,20 @@ def ensure_fashion_mnist(log: Callable[[str], None]) -> Path:
     return DEBIAN_DIR
 
 
+def describe(name: str) -> str:
+    """What the section's data and sizing are, for its BENCHMARKS.md text."""
+    cfg = CONFIGS[name]
+    size = "Fashion-MNIST's own 28 px" if cfg["image_size"] == 28 else \
+        f"{cfg['image_size']} px (resized from 28, so the runs fit these 2 shared cores)"
+    par = "" if cfg["parallel"] == 1 else f", {cfg['parallel']} runs at once (wall ratios carry the machine's load)"
+    left = "" if cfg["policies"] is None else \
+        "; random drop on DaP's schedule is left to sections (d) and (e)"
+    return (f"{10 * cfg['train_per_class']:,} training images ({cfg['train_per_class']} per class), "
+            f"{'the whole 10,000-image test set' if cfg['val_per_class'] is None else '%d test images per class' % cfg['val_per_class']}, "
+            f"{size}, `resnet_small`, {cfg['ranks']} rank{'s' if cfg['ranks'] > 1 else ''} × batch "
+            f"{cfg['batch_size']} per run{par}{left}.")
+
+
 def settings(name: str, data: Path, seeds: int, policies=None):
     """The compare a bench section runs."""
     from dap_hvd.compare import ORDER, Settings

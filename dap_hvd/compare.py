@@ -34,7 +34,7 @@ REPORT_MD, REPORT_JSON, PLOT = "report.md", "report.json", "pareto.png"
 # stopped early has them). `full` always runs: every other entry is measured against it.
 ORDER = ("full", "fewer_epochs", "dap", "infobatch", "seta", "rs2", "fixed_subset", "random")
 BASELINES = ("full", "fewer_epochs", "fixed_subset", "random")
-LABEL = {"full": "full data", "fewer_epochs": "all data, fewer epochs", "dap": "DaP (keep p)",
+LABEL = {"full": "full data", "fewer_epochs": "all data, fewer epochs", "dap": "DaP",
          "infobatch": "InfoBatch", "seta": "SeTa", "rs2": "RS2",
          "fixed_subset": "fixed random subset", "random": "random drop, DaP's schedule"}
 # DaP's ImageNet recipe (section 4.3.1) over 120 epochs; compare scales it to the run's length.
@@ -496,7 +496,7 @@ def render(report: dict) -> str:
     deeper = "".join(f" Budget {b}: the {len(p)} best entries at {s['budgets'][0]:g} ({', '.join(p)})."
                      for b, p in report.get("deeper", {}).items())
     text = (f"{report['num_train']:,} training and {report['num_val']:,} test images, {s['epochs']} epochs, "
-            f"{s['np']} ranks (`-H {s['hosts']}`), train flags `{' '.join(s['train_args']) or '(defaults)'}`, LR ×0.1 "
+            f"{s['np']} rank{'s' if s['np'] > 1 else ''} per run (`-H {s['hosts']}`), train flags `{' '.join(s['train_args']) or '(defaults)'}`, LR ×0.1 "
             f"at {', '.join(f'{f:g}' for f in s['lr_fractions'])} of each run; {s['seeds']} seeds per entry.{deeper} "
             "Compute: samples trained over those of the full-data run (target: the budget; planned: the plan's "
             f"figure, in expectation at {BELOW_MEAN_SHARE:.0%} of the samples below the mean loss where it depends "
