@@ -606,8 +606,8 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     if a.epochs < 2:
         raise ConfigError(f"--epochs: must be at least 2, got {a.epochs}")
     known = set(POLICIES) | set(BASELINES)
-    policies = [p.strip() for p in (a.policies or ",".join(ORDER)).split(",") if p.strip() in known or p.strip()]
-    policies = [p for p in policies if p != "full" and (a.policies or p in known)]
+    given = [p.strip() for p in a.policies.split(",") if p.strip()] if a.policies else [p for p in ORDER if p in known]
+    policies = [p for p in given if p != "full"]
     unknown = [p for p in policies if p not in known]
     if unknown:
         raise ConfigError(f"--policies: unknown {', '.join(unknown)}; choose from "
