@@ -348,7 +348,8 @@ def run_compare(settings: Settings, out: Path, *, resume: bool = False, force: b
     data = Path(settings.data)
     for split in ("train", "val"):
         if not (data / split).is_dir():
-            raise ConfigError(f"--data: {data} has no {split}/ folder (the ImageNet layout: DATA/{{train,val}}/<class>/)")
+            raise ConfigError(f"--data: {data} has no {split}/ folder "
+                              f"(the ImageNet layout: DATA/{{train,val}}/<class>/)")
     state = open_out(out, settings, resume, force)
     n = len(load_catalog(data, "train"))
     state.update(num_train=n, num_val=len(load_catalog(data, "val")))
@@ -496,7 +497,8 @@ def render(report: dict) -> str:
     deeper = "".join(f" Budget {b}: the {len(p)} best entries at {s['budgets'][0]:g} ({', '.join(p)})."
                      for b, p in report.get("deeper", {}).items())
     text = (f"{report['num_train']:,} training and {report['num_val']:,} test images, {s['epochs']} epochs, "
-            f"{s['np']} rank{'s' if s['np'] > 1 else ''} per run (`-H {s['hosts']}`), train flags `{' '.join(s['train_args']) or '(defaults)'}`, LR ×0.1 "
+            f"{s['np']} rank{'s' if s['np'] > 1 else ''} per run (`-H {s['hosts']}`), "
+            f"train flags `{' '.join(s['train_args']) or '(defaults)'}`, LR ×0.1 "
             f"at {', '.join(f'{f:g}' for f in s['lr_fractions'])} of each run; {s['seeds']} seeds per entry.{deeper} "
             "Compute: samples trained over those of the full-data run (target: the budget; planned: the plan's "
             f"figure, in expectation at {BELOW_MEAN_SHARE:.0%} of the samples below the mean loss where it depends "
@@ -519,7 +521,8 @@ def render_conclusion(report: dict) -> str:
     elif c["closest"] is not None:
         e = c["closest"]
         line = (f"- **No entry stays within 0.5 pt of full data (mean of seeds).** The closest: {_name(e)} at budget "
-                f"{e['budget']:g}, compute {e['compute']:.3f}, Δ {e['gap'] * 100:+.2f} ± {e['gap_std'] * 100:.2f} pt.")
+                f"{e['budget']:g}, compute {e['compute']:.3f}, Δ {e['gap'] * 100:+.2f} ± {e['gap_std'] * 100:.2f} "
+                "pt.")
     else:
         return ""
     return line + "\n"
@@ -550,7 +553,8 @@ def plot(report: dict, path: Path, title: str = "") -> None:
     axes[0].legend(fontsize=7, loc="lower right")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(title or f"dap-hvd compare: {report['settings']['epochs']} epochs, {report['settings']['seeds']} seeds")
+    s = report["settings"]
+    fig.suptitle(title or f"dap-hvd compare: {s['epochs']} epochs, {s['seeds']} seeds")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
