@@ -424,6 +424,7 @@ class Runner:
                     self.state["runs"].append(rec)
                     self.done.add(spec.key)
                     save_state(self.out, self.state)
+                    write_report(self.out, build_report(self.state), plotted=False)  # what is finished so far
                     finished += 1
                     self.progress.compute += spec.tuned.planned
                     left = sum(s.tuned.planned for s in queue) + sum(s.tuned.planned for s in running.values()) / 2
@@ -561,10 +562,11 @@ def plot(report: dict, path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, report: dict) -> None:
+def write_report(out: Path, report: dict, plotted: bool = True) -> None:
     (out / REPORT_MD).write_text("# dap-hvd compare\n\n" + render(report))
     (out / REPORT_JSON).write_text(json.dumps(report, indent=1))
-    plot(report, out / PLOT)
+    if plotted:
+        plot(report, out / PLOT)
 
 
 # ---------------------------------------------------------------- the command
