@@ -4,7 +4,8 @@
   (b) end-to-end saving: wall clock of DaP vs full data for the same epochs, against compute
   (c) the selection step at ImageNet scale (2 and 4 ranks), and loader throughput (DALI vs torch)
   (d) accuracy at matched compute (the paper's Table 2(f)) over seeds, and the redundancy sweep
-  (e) `--only real`: every policy's top-1 against compute and wall clock on Fashion-MNIST (bench_real)
+  (e) `--only real`: every policy's top-1 against compute and wall clock on Fashion-MNIST (`dap-hvd compare`)
+  (f) `--only long`: the same on a 40-epoch schedule, where full-data training converges
 Every figure is measured here, in this run; medians over repeats, ratios measured side by side.
 """
 
@@ -27,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 BIN = Path(sysconfig.get_path("scripts"))  # where pip put dap-hvd and horovodrun
-SECTIONS = ("machine", "gpu", "startup", "overhead", "saving", "selection", "loaders", "accuracy", "redundancy", "real")
+SECTIONS = ("machine", "gpu", "startup", "overhead", "saving", "selection", "loaders", "accuracy", "redundancy", "real",
+            "long")
 
 
 def _env() -> dict:
@@ -261,7 +263,7 @@ def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
                 s = train(data, out, "--strategy", "full", *_sched_args(fewer, (step,), dap=False), *common)
                 s["compute_ratio_measured"] *= fewer / SCHED["epochs"]  # relative to the full-length run
             else:  # a fixed random subset of the data, all epochs
-                from dap_hvd.bench_real import write_subset_list
+                from dap_hvd.compare import write_subset_list
 
                 fl = work / f"subset-{seed}.txt"
                 kept = write_subset_list(data, ratio, seed, fl)
@@ -273,20 +275,27 @@ def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
     return dict(seeds=seeds, planned_ratio=ratio, schedule=SCHED, runs=runs)
 
 
-def bench_real(work: Path, a: argparse.Namespace, raw: dict, save) -> dict:
-    """Fashion-MNIST, every policy (bench_real.py). Each run's figures are saved as it ends."""
-    from dap_hvd import bench_real as real
+def bench_compare(name: str, a: argparse.Namespace) -> dict:
+    """Fashion-MNIST, every policy: `dap-hvd compare` in COMPARE_DIR/NAME (bench_real.py), which keeps
+    each run's figures as it ends, so an interrupted section resumes there."""
+    from dap_hvd import bench_real
 
-    def train_run(args: list, out: Path) -> dict:
-        _horovodrun(2, [BIN / "dap-hvd", "train", "--out", out, "--no-progress", "--workers", "1", *args], 3600)
-        return json.loads((out / "summary.json").read_text())
+    os.environ.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # as the other CPU sections' jobs
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    policies = a.policies.split(",") if a.policies else None
+    return bench_real.run(name, Path(a.compare_dir) / name, a.seeds, log=lambda line: print(line, flush=True),
+                          policies=policies)
 
-    def keep(result: dict) -> None:
-        raw["real"] = result
-        save()
 
-    return real.run(work, a.seeds, a.full, train=train_run, log=lambda line: print(line, flush=True),
-                    previous=raw.get("real", {}), save=keep)
+PARETO = {"real": "pareto_real.png", "long": "pareto_long.png"}
+
+
+def plot_compare(raw: dict, out: Path) -> None:
+    from dap_hvd import compare
+
+    for name, file in PARETO.items():
+        if raw.get(name, {}).get("entries"):
+            compare.plot(raw[name], out.parent / "bench" / file, title=f"Fashion-MNIST: {TITLES[name]}")
 
 
 def bench_redundancy(work: Path, seeds: int, levels=(1, 4, 12)) -> dict:
@@ -320,10 +329,14 @@ def _plan_line(st: dict) -> str:
 
 def render(raw: dict) -> dict:
     sec = {}
-    if raw.get("real", {}).get("runs"):
-        from dap_hvd import bench_real
+    for name, file in PARETO.items():  # results from before `compare` keep the text they wrote
+        if raw.get(name, {}).get("entries"):
+            from dap_hvd import bench_real, compare
 
-        sec["real"] = bench_real.render(raw["real"]) + "\n![top-1 against compute and wall clock](bench/pareto_real.png)"
+            sec[name] = ("Fashion-MNIST (real 28×28 product photos, MIT licence, Debian's `dataset-fashion-mnist`) "
+                         f"through `dap-hvd compare` on this machine: {bench_real.describe(name)} "
+                         + compare.render(raw[name])
+                         + f"\n![top-1 against compute and wall clock](bench/{file})")
     m = raw.get("machine")
     if m:
         sec["machine"] = (f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}. Python {m['python']}, "
@@ -451,7 +464,8 @@ TITLES = {"machine": "Machine and versions", "gpu": "GPU: ResNet-50 throughput a
           "startup": "Start-up time", "overhead": "(a) DaP overhead", "saving": "(b) End-to-end saving",
           "selection": "(c) Selection step at ImageNet scale", "loaders": "(c) Loader throughput",
           "accuracy": "(d) Accuracy at matched compute (Table 2(f))", "redundancy": "(d) Redundancy sweep (Table 4)",
-          "real": "(e) Every policy on real images: Fashion-MNIST"}
+          "real": "(e) Every policy on real images: Fashion-MNIST",
+          "long": "(f) Long schedule: does pruning pay where training converges? Fashion-MNIST, 40 epochs"}
 
 
 def write_markdown(path: Path, sections: dict) -> None:
@@ -492,9 +506,12 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(("startup", "overhead", "selection", "loaders", "accuracy",
                                                 "redundancy")),
                     help="comma list of: startup, overhead, selection, loaders, accuracy (includes saving), "
-                         "redundancy; not in the default list: gpu (one GPU), real (Fashion-MNIST, every policy, "
-                         "about 80 min on 2 cores)")
-    ap.add_argument("--full", action="store_true", help="real: the whole 60k/10k Fashion-MNIST (a GPU or a big machine)")
+                         "redundancy; not in the default list: gpu (one GPU), real (Fashion-MNIST, every policy, 10 epochs, "
+                         "three budgets), long (the same over 40 epochs: about 75 min on 2 cores)")
+    ap.add_argument("--compare-dir", default="bench-out", help="real, long: where their `dap-hvd compare` folders "
+                    "are kept (an interrupted section resumes from them; default bench-out)")
+    ap.add_argument("--policies", help="real, long: a comma list of the policies and baselines to compare "
+                    "(default all)")
     ap.add_argument("--gpu-parts", default="micro,matrix,resume,saving",
                     help="gpu: which parts to run (micro, matrix, resume, saving); each is saved as it ends")
     ap.add_argument("--gpu-data", help="gpu: folder for the generated JPEG sets, kept between calls (default: temporary)")
@@ -520,6 +537,7 @@ def main(argv=None) -> int:
             raw.setdefault("stamps", {})[name] = other.get("stamps", {}).get(name, {})
         results.write_text(json.dumps(raw, indent=1, default=str))
         write_markdown(Path(a.out), render(raw))
+        plot_compare({k: raw[k] for k in only if k in raw}, Path(a.out))
         print(f"merged {sorted(only)} from {a.merge} into {results} and {a.out}")
         return 0
     stamps = raw.setdefault("stamps", {})
@@ -551,7 +569,8 @@ def main(argv=None) -> int:
             "loaders": lambda: bench_loaders(work, a.repeats),
             "accuracy": lambda: bench_accuracy(data, work, a.seeds),  # also feeds (b) saving
             "redundancy": lambda: bench_redundancy(work, a.seeds),
-            "real": lambda: bench_real(work, a, raw, save),
+            "real": lambda: bench_compare("real", a),
+            "long": lambda: bench_compare("long", a),
         }
         unknown = only - set(jobs)
         if unknown:
@@ -566,10 +585,8 @@ def main(argv=None) -> int:
             raw[name] = result
             if name == "accuracy":
                 plot(raw, Path(a.out).parent / "bench" / "accuracy_vs_compute.png")
-            if name == "real":
-                from dap_hvd import bench_real as real
-
-                real.plot(result, Path(a.out).parent / "bench" / "pareto_real.png")
+            if name in PARETO:
+                plot_compare({name: result}, Path(a.out))
             shown = render(raw)
             print(*(shown[k] for k in (("saving", "accuracy") if name == "accuracy" else (name,))), sep="\n\n")
             print(flush=True)

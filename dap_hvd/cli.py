@@ -1,4 +1,5 @@
-"""`dap-hvd`: plan | train | evaluate | export | make-sample-data | make-fashion-mnist | verify-data | sd-file | bench.
+"""`dap-hvd`: plan | train | evaluate | export | make-sample-data | make-fashion-mnist | verify-data | sd-file | bench
+| compare.
 
 Imports stay lazy so `dap-hvd plan` answers in well under a second, without torch.
 """
@@ -396,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="targets file to write (JSON, Prometheus file_sd)")
     p.set_defaults(func=cmd_sd_file)
     sub.add_parser("bench", help="run the benchmark suite (writes BENCHMARKS.md); `dap-hvd bench -h` for its flags")
+    sub.add_parser("compare", help="every data policy at the same compute budget on your data, over seeds "
+                   "(a report: table, JSON, Pareto plot); `dap-hvd compare -h` for its flags")
     return parser
 
 
@@ -406,6 +409,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         from dap_hvd.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["compare"]:  # its own parser too: the train flags for every run follow `--`
+        from dap_hvd.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.cmd in ("train", "evaluate"):
         from dap_hvd import supervise
