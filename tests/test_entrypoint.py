@@ -182,8 +182,8 @@ def test_two_containers_train_over_the_entrypoints_sshd(cluster, shared, tmp_pat
         procs.append(_start(cluster, cluster.hosts[1], control, keys, {**env, "SSH_PORT": str(SSH_PORT + 1)}))
         _wait_sshd(cluster, procs[-1], cluster.host_addrs[1], port=SSH_PORT + 1)
         for port, ok in ((SSH_PORT, True), (SSH_PORT + 1, False)):
-            p = _exec_as_dap(cluster, procs[0], ["ssh", "-o", "BatchMode=yes", "-p", port, cluster.host_addrs[1], "id -u"],
-                             env=ENV, timeout=60)
+            p = _exec_as_dap(cluster, procs[0], ["ssh", "-o", "BatchMode=yes", "-p", port, cluster.host_addrs[1],
+                                                 "id -u"], env=ENV, timeout=60)
             assert (p.returncode == 0 and p.stdout.split() == [str(DAP_UID)]) == ok, (port, p.stdout, p.stderr)
     finally:
         for proc in procs:
