@@ -67,12 +67,17 @@ def format_cpulist(cpus) -> str:
 def plan(topo: Topology) -> list[Optional[frozenset[int]]]:
     """For each visible GPU, the CPUs its rank binds to (None: no binding for it).
 
-    GPUs whose usable near-CPU sets are equal share them: the physical cores are split in
-    contiguous blocks, every GPU of the node getting as many cores as the most crowded socket
-    allows. Sets that overlap without being equal (an odd topology) or a socket with fewer
-    usable cores than GPUs get no split: those GPUs' ranks keep the whole near set."""
+    GPUs whose near-CPU sets are equal share them: the physical cores are split in contiguous
+    blocks, every GPU of the node getting as many cores as the most crowded socket allows. That
+    split assumes every rank of the node may use every CPU near the GPUs (a whole node, or a job
+    cpuset that covers them). A smaller set may be this rank's own (SLURM's per-task binding):
+    then the rank keeps the CPUs of that set near its GPU, unsplit, or nothing to bind to when
+    there are none. Near sets that overlap without being equal (an odd topology), or a socket
+    with fewer cores than GPUs, get no split either."""
     core_of = {cpu: core for core in topo.cores for cpu in core}
     usable = [frozenset(c & topo.allowed) for c in topo.gpu_cpus]
+    if not topo.allowed >= frozenset().union(*topo.gpu_cpus):
+        return [c or None for c in usable]
     groups: dict[frozenset[int], list[int]] = {}
     for gpu, cpus in enumerate(usable):
         groups.setdefault(cpus, []).append(gpu)

@@ -95,28 +95,33 @@ def test_cpu_binding_on_dgx_h100_and_a100():
     assert format_cpulist(sets[0]) == "0-13,112-125" and format_cpulist(sets[7]) == "98-111,210-223"
     topo = _topology(DGX_A100)
     sets = plan(topo)
-    _check_partition(sets, topo)  # two GPUs per NUMA node: 8 of its 16 cores each
+    _check_partition(sets, topo)  # two GPUs per NUMA node: 8 of its 16 cores each; half the
+    # node's CPUs are near no GPU, and stay unused, as DeepLearningExamples warns for the DGX A100
     assert [format_cpulist(c) for c in sets[:2]] == ["48-55,176-183", "56-63,184-191"]
     assert format_cpulist(sets[4]) == "112-119,240-247"
 
 
-def test_cpu_binding_within_a_cpuset():
-    # a container or SLURM job given socket 0's first 12 cores (and their siblings): GPUs 0-3
-    # share them, three cores each; GPUs 4-7 have none of their near CPUs: left alone, said why
-    allowed = set(range(12)) | set(range(40, 52))
+def test_cpu_binding_within_a_smaller_cpu_set():
+    # This rank may use 6 cores of socket 0 (and their siblings): a SLURM task bound to its cores,
+    # seeing all 8 GPUs. Its set may be its own, so it is not split further: the ranks of GPUs
+    # 0-3 keep it; GPUs 4-7 have none of their near CPUs in it: left alone, and the log says why.
+    allowed = set(range(6)) | set(range(40, 46))
     topo = _topology(DGX1, allowed)
     sets = plan(topo)
-    assert [format_cpulist(c) for c in sets[:4]] == ["0-2,40-42", "3-5,43-45", "6-8,46-48", "9-11,49-51"]
-    assert sets[4:] == [None] * 4
+    assert sets[:4] == [frozenset(allowed)] * 4 and sets[4:] == [None] * 4
     b = affinity.choose(topo, 5)
     assert b.cpus is None and "none of GPU 5's near CPUs (20-39,60-79)" in b.note
-    # a SLURM task bound to 2 cores, seeing one GPU (per-task binding): it keeps those 2
+    # per-task GPU binding too (one visible GPU): the task keeps the cores it was given
     topo = Topology((parse_cpulist("0-19,40-59"),), _topology(DGX1).cores, frozenset({4, 44}))
     assert plan(topo) == [frozenset({4, 44})]
-    # fewer usable cores than GPUs on a socket: each of its GPUs gets the whole usable set
-    topo = _topology(DGX1, {0, 40, 1, 41})
-    assert plan(topo)[:4] == [frozenset({0, 1, 40, 41})] * 4
     assert affinity.choose(None, 0).cpus is None
+
+
+def test_cpu_binding_with_fewer_cores_than_gpus_on_a_socket():
+    # 3 cores near 4 GPUs: no unique block for each, so every GPU's rank gets the whole set
+    rec = dict(gpus=["0-2,3-5"] * 4, cpus=6, threads=2)
+    topo = _topology(rec)
+    assert plan(topo) == [frozenset(range(6))] * 4
 
 
 def test_topology_is_read_from_sysfs_files(tmp_path):
