@@ -33,10 +33,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # one release), so there is one NCCL in the image (CI runs the same discovery and configure).
 # Its wheel cache survives rebuilds in a cache mount, keyed by torch/Python/flavor/script.
 COPY scripts/build_horovod.sh ./scripts/
+# (the script prints the wheel's path last: the cache may hold wheels of earlier builds too)
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN --mount=type=cache,target=/cache/dap-hvd --mount=type=cache,target=/root/.cache/pip \
-    DAP_HVD_CACHE=/cache/dap-hvd MAX_JOBS="$MAX_JOBS" PATH="$VENV/bin:$PATH" \
-        scripts/build_horovod.sh "$VENV/bin/python" nccl \
-    && "$VENV/bin/pip" install --no-deps /cache/dap-hvd/wheels/*/horovod-*.whl \
+    wheel=$(DAP_HVD_CACHE=/cache/dap-hvd MAX_JOBS="$MAX_JOBS" PATH="$VENV/bin:$PATH" \
+            scripts/build_horovod.sh "$VENV/bin/python" nccl | tail -n 1) \
+    && "$VENV/bin/pip" install --no-deps "$wheel" \
     && "$VENV/bin/python" -c "import horovod.torch as h; assert h.nccl_built() and h.gloo_built() and h.mpi_built()"
 COPY README.md ./
 COPY dap_hvd ./dap_hvd
