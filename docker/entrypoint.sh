@@ -54,6 +54,9 @@ if [ "$(id -u)" = 0 ] && [ -z "${DAP_HVD_DROPPED:-}" ]; then
   export HOME DAP_HVD_DROPPED
   exec setpriv --reuid="$user" --regid="$group" --init-groups -- "$0" "$@"
 fi
+if [ -z "${DAP_HVD_DROPPED:-}" ] && [ "${DAP_HVD_SSHD:-0}" = 1 ]; then
+  echo "dap-hvd-entrypoint: warning: DAP_HVD_SSHD=1 ignored: sshd needs the container to start as root" >&2
+fi
 if [ "${1:-}" = "--" ]; then
   shift
   exec "$@"

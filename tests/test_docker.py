@@ -69,6 +69,11 @@ def test_entrypoint_drops_to_the_unprivileged_user():
     p = subprocess.run([entry, "--", "sh", "-c", "id -u; echo $HOME"], env=env, capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0 and p.stdout.split() == ["65534", "/nonexistent"], p.stdout + p.stderr
+    # started as another user (docker run --user): no sshd, and a word that DAP_HVD_SSHD=1 was not honoured
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", entry, "--", "id", "-u"],
+                       env=dict(env, DAP_HVD_SSHD="1"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.split() == ["65534"], p.stdout + p.stderr
+    assert "DAP_HVD_SSHD=1 ignored: sshd needs the container to start as root" in p.stderr
     # without `--` it runs dap-hvd (as root here only because the venv's Python lives under /root)
     p = subprocess.run([entry, "--version"], env=dict(env, DAP_HVD_USER="root"), capture_output=True, text=True,
                        timeout=60)
