@@ -91,13 +91,16 @@ def _start(cluster, host: str, box: Path, keys: Path, env: dict) -> subprocess.P
                              "sh", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_sshd(cluster, proc: subprocess.Popen, addr: str, port: int = SSH_PORT, timeout: float = 30) -> None:
+# 120 s: the entrypoint makes host keys first (an RSA one among them), slow on a loaded machine
+def _wait_sshd(cluster, proc: subprocess.Popen, addr: str, port: int = SSH_PORT, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while True:
         assert proc.poll() is None, f"the entrypoint ended: {proc.stdout.read()}"
         if cluster.launch(["bash", "-c", f"echo > /dev/tcp/{addr}/{port}"], timeout=10).returncode == 0:
             return
-        assert time.time() < deadline, f"no sshd on {addr}:{port}"
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"no sshd on {addr}:{port} after {timeout} s; the entrypoint said: {proc.communicate()[0]}")
         time.sleep(0.2)
 
 
@@ -170,7 +173,7 @@ def test_two_containers_train_over_the_entrypoints_sshd(cluster, shared, tmp_pat
         hosts = ",".join(f"{a}:1" for a in cluster.host_addrs)
         p = _exec_as_dap(cluster, procs[0], [REPO / "launch" / "horovodrun.sh", "-H", hosts, "--", "--data",
                                              shared / "data", "--out", out, *TRAIN], env={**ENV, "METRICS_PORT": "0"},
-                         timeout=240)
+                         timeout=480)
         assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
         print(f"the two-container job took {time.time() - t0:.1f} s")
         summary = json.loads((out / "summary.json").read_text())
