@@ -178,8 +178,9 @@ def test_an_unwritable_cache_falls_back_with_one_warning(tiny_data, tmp_path):
     home.mkdir()
     code = ("from dap_hvd.data.catalog import load_catalog, cache_root; import sys; "
             f"load_catalog({str(tiny_data)!r}, 'train'); load_catalog({str(tiny_data)!r}, 'val'); print(cache_root())")
-    p = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {baked} {baked} && mount -o remount,bind,ro {baked} "
-                        f"&& exec {sys.executable} -c \"{code}\""], capture_output=True, text=True, timeout=120,
+    ro_mount = f"mount --bind {baked} {baked} && mount -o remount,bind,ro {baked}"
+    p = subprocess.run(["unshare", "-m", "sh", "-c", f"{ro_mount} && exec {sys.executable} -c \"{code}\""],
+                       capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO), "DAP_HVD_CACHE": str(baked), "HOME": str(home)})
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == [str(home / ".cache" / "dap-hvd")]

@@ -97,7 +97,8 @@ def test_image_layers_put_the_package_code_last_and_pin_digests():
     """An edit to dap_hvd/ must not re-install 6 GB of wheels nor recompile Horovod."""
     text = (REPO / "Dockerfile").read_text()
     build = _stages(text)[0]
-    deps, horovod = build.index("pip\" install -r /tmp/requirements.txt"), build.index("scripts/build_horovod.sh \"$VENV")
+    deps = build.index("pip\" install -r /tmp/requirements.txt")
+    horovod = build.index("scripts/build_horovod.sh \"$VENV")
     code, last = build.index("COPY dap_hvd ./dap_hvd"), build.index("install --no-cache-dir --no-deps")
     assert deps < horovod < code < last
     assert build.count("--mount=type=cache") >= 3 and "MAX_JOBS=\"$MAX_JOBS\"" in build
