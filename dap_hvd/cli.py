@@ -210,10 +210,13 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--sync-bn", action=B, default=None, help="Horovod SyncBatchNorm (GPU only)")
     g.add_argument("--compile", action=B, default=None, help="torch.compile the model for the full training "
                    "batches (default off; a minute or more of compiling at start, then faster steps: BENCHMARKS.md)")
+    g.add_argument("--cpu-bind", action=B, default=None, help="on GPU nodes, bind each rank's threads to CPU "
+                   "cores near its GPU, split among the GPUs sharing them (default on)")
     g = p.add_argument_group("observability")
     g.add_argument("--metrics-port", help="Prometheus base port; rank r serves on BASE + local_rank; 0 or off disables")
     g.add_argument("--metrics-host", help="interface the metrics server binds (default 0.0.0.0)")
-    g.add_argument("--metrics-linger", type=float, help="seconds to keep serving metrics after training ends")
+    g.add_argument("--metrics-linger", type=float, help="after training, serve metrics until the next scrape, at "
+                   "most this many seconds (default 30: two 15 s scrape intervals; no wait if never scraped)")
     g.add_argument("--pushgateway", help="Pushgateway URL, pushed at each epoch end")
     g.add_argument("--run-id", help="label on every metric series (default: the run folder's name and start time)")
     return p
@@ -392,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify_data)
     p = sub.add_parser("sd-file", help="write a Prometheus file_sd targets file for a host list")
     p.add_argument("--hosts", required=True, help="host:slots,host:slots (horovodrun -H syntax)")
-    p.add_argument("--base-port", type=int, default=9400, help="rank r of a host serves on BASE + local rank")
+    p.add_argument("--base-port", type=int, required=True, help="rank r of a host serves on BASE + local rank")
     p.add_argument("--run-id", default="", help="run_id label on the targets")
     p.add_argument("--out", required=True, help="targets file to write (JSON, Prometheus file_sd)")
     p.set_defaults(func=cmd_sd_file)

@@ -160,12 +160,13 @@ class TrainConfig:
     merge: Literal["allreduce", "allgather"] = "allreduce"  # how losses meet: dense sum | (index, loss) pairs
     metrics_port: int = 0  # 0: off; else rank r serves on metrics_port + local_rank
     metrics_host: str = "0.0.0.0"
-    metrics_linger: float = 0.0  # keep serving this long after training, for a last scrape
+    metrics_linger: float = 30.0  # after training, serve until a last scrape, at most this long (2 x 15 s)
     pushgateway: Optional[str] = None
     run_id: Optional[str] = None
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None  # debugging: cap steps (every rank alike)
     stop_after: Optional[int] = None  # end cleanly after this epoch (checkpointed); --resume continues
+    cpu_bind: bool = True  # GPU ranks: bind threads to CPUs near the GPU (affinity.py)
     elastic: bool = False  # Horovod Elastic: survive a lost host (rollback to the last epoch), take one back
 
     # Values that depend on the data, resolved here rather than scattered through the trainer.

@@ -159,7 +159,7 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
         steps += 1
         t_prev = time.perf_counter()
         if metrics is not None:
-            metrics.observe_step(step_seconds=t_prev - t_data, wait_seconds=wait)
+            metrics.observe_step(step_seconds=t_prev - t_data, wait_seconds=wait, samples=n)
         if progress is not None:
             progress.update(steps, n, loss_sum, loss_count, lr)
         if max_steps is not None and steps >= max_steps:

@@ -1,16 +1,24 @@
 """The one module that imports prometheus_client. Each rank serves its own registry (never the
-process-global default one) on metrics_port + local_rank; every series carries rank and run_id."""
+process-global default one) on metrics_port + local_rank; every series carries rank and run_id.
+
+Training never dies for a metrics port: a port that is taken is one warning, and the rank serves
+on a free port instead (`Metrics.port`; the trainer writes it into the launcher's targets file).
+Throughput and sample counts are live: the step loop hands over its host-side counts, published
+every LIVE_INTERVAL seconds, with no device sync. After training, `linger` keeps serving until a
+scraper has read the final values (at most `seconds`)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import threading
+import time
+from typing import Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway, start_http_server
 
-from dap_hvd import ConfigError
-
 log = logging.getLogger("dap_hvd")
+
+LIVE_INTERVAL = 2.0  # seconds between live updates of the sample counter and throughput gauge
 
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -18,10 +26,15 @@ _WAIT_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5
 
 class Metrics:
     def __init__(self, *, rank: int, local_rank: int, run_id: str, port: int = 0, host: str = "0.0.0.0",
-                 pushgateway: Optional[str] = None, strategy: str = "dap"):
+                 pushgateway: Optional[str] = None, strategy: str = "dap",
+                 clock: Callable[[], float] = time.monotonic):
         self.registry = CollectorRegistry(auto_describe=True)
         self.rank, self.run_id, self.pushgateway = rank, run_id, pushgateway
         self.port = port + local_rank if port else 0
+        self._clock = clock
+        self._live = _LiveCounts(clock())
+        self._scrapes = _ScrapeWatch()
+        self.registry.register(self._scrapes)
         labels = ("rank", "run_id")
         lv = (str(rank), run_id)
         r = self.registry
@@ -36,7 +49,8 @@ class Metrics:
             return Histogram(name, doc, labels, registry=r, buckets=buckets).labels(*lv)
 
         self.samples = counter("dap_samples_trained_total", "Samples trained by this rank (padding included).")
-        self.images_per_second = gauge("dap_images_per_second", "Training throughput of this rank in the last epoch.")
+        self.images_per_second = gauge("dap_images_per_second", "Training throughput of this rank: over the last "
+                                       f"{LIVE_INTERVAL:g} s or more during an epoch, over the epoch at its end.")
         self.step_seconds = hist("dap_step_seconds", "Time of one training step, data wait excluded.", _STEP_BUCKETS)
         self.data_wait = hist("dap_data_wait_seconds", "Time a step waited for its batch.", _WAIT_BUCKETS)
         self.loss = gauge("dap_train_loss", "Mean training loss of the last epoch (all ranks).")
@@ -67,12 +81,48 @@ class Metrics:
             try:
                 self._server, _ = start_http_server(self.port, addr=host, registry=self.registry)
             except OSError as e:
-                raise ConfigError(f"--metrics-port: rank {rank} cannot serve metrics on {host}:{self.port} "
-                                  f"({e.strerror or e}); pick another base port, or 'off'") from None
+                self._fall_back(host, e)
 
-    def observe_step(self, *, step_seconds: float, wait_seconds: float) -> None:
+    def _fall_back(self, host: str, error: OSError) -> None:
+        taken = self.port
+        try:
+            self._server, _ = start_http_server(0, addr=host, registry=self.registry)
+        except OSError as e:
+            self.port = 0
+            log.warning("rank %d: cannot serve metrics on %s:%d (%s), nor on any port (%s); training goes on "
+                        "without its metrics endpoint", self.rank, host, taken, error.strerror or error,
+                        e.strerror or e)
+            return
+        self.port = self._server.server_port
+        log.warning("rank %d: metrics port %s:%d is taken (%s); serving on %d instead (the targets file says "
+                    "so; METRICS_PORT / --metrics-port choose the base port)", self.rank, host, taken,
+                    error.strerror or error, self.port)
+
+    def observe_step(self, *, step_seconds: float, wait_seconds: float, samples: int = 0) -> None:
         self.step_seconds.observe(step_seconds)
         self.data_wait.observe(wait_seconds)
+        live = self._live
+        live.pending += samples
+        now = self._clock()
+        if now - live.since >= LIVE_INTERVAL:
+            self.samples.inc(live.pending)
+            self.images_per_second.set(live.pending / (now - live.since))
+            live.published += live.pending
+            live.pending, live.since = 0, now
+
+    def epoch_done(self, *, samples: int, seconds: float) -> None:
+        """The epoch's exact totals: the counter gets what the live updates have not yet counted."""
+        self.samples.inc(samples - self._live.published)
+        self.images_per_second.set(samples / max(seconds, 1e-9))
+        self._live = _LiveCounts(self._clock())
+
+    def linger(self, seconds: float) -> None:
+        """Keep serving after training until a scrape has read the final values, at most `seconds`.
+        Nobody scraped during the run (no Prometheus watches it): no wait."""
+        if self._server is None or seconds <= 0 or not self._scrapes.count:
+            return
+        log.info("rank %d: metrics stay up until the next scrape, at most %g s (--metrics-linger)", self.rank, seconds)
+        self._scrapes.wait_next(seconds)
 
     def push(self) -> None:
         if not self.pushgateway:
@@ -88,3 +138,32 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _LiveCounts:
+    """Host-side sample counts of the current epoch: counted, published, since when."""
+
+    def __init__(self, since: float):
+        self.pending, self.published, self.since = 0, 0, since
+
+
+class _ScrapeWatch:
+    """A collector with no metrics of its own: it counts the scrapes of the registry."""
+
+    def __init__(self):
+        self.count = 0
+        self._cond = threading.Condition()
+
+    def describe(self):
+        return []  # so registering it does not count as a scrape
+
+    def collect(self):
+        with self._cond:
+            self.count += 1
+            self._cond.notify_all()
+        return []
+
+    def wait_next(self, timeout: float) -> bool:
+        with self._cond:
+            seen = self.count
+            return self._cond.wait_for(lambda: self.count > seen, timeout=timeout)

@@ -24,11 +24,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dap_hvd import ConfigError, DataError, DapError, DivergedError, dist, notice, rundir
+from dap_hvd import ConfigError, DataError, DapError, DivergedError, affinity, dist, notice, rundir
 from dap_hvd.data.catalog import Catalog, cache_root, load_catalog
 from dap_hvd.checkpoint import checkpoint_epoch, list_checkpoints, load_newest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
-from dap_hvd.devices import gpu_index
+from dap_hvd.devices import gpu_index, jpeg_decoder
 from dap_hvd.engine import Precision, divergence, evaluate, train_one_epoch
 from dap_hvd.files import write_atomic
 from dap_hvd.ledger import LossLedger
@@ -250,11 +250,17 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
         if len(r.excluded):
             log.warning("skipping %d bad training sample(s) (--on-bad-sample skip); see verify-data", len(r.excluded))
         _warn_about_setup(r)
+        line, warn = jpeg_decoder(loader=cfg.data.loader, dali_device=cfg.data.dali_device,
+                                  gpu=r.precision.device.type == "cuda", hw_decoder_load=cfg.data.hw_decoder_load,
+                                  driver_capabilities=os.environ.get("NVIDIA_DRIVER_CAPABILITIES"))
+        (log.warning if warn else log.info)(line)
 
     from dap_hvd.metrics import Metrics
     r.metrics = Metrics(rank=world.rank, local_rank=world.local_rank, run_id=state.run_id, port=cfg.metrics_port,
                         host=cfg.metrics_host, pushgateway=cfg.pushgateway, strategy=cfg.strategy)
     r.metrics.skipped.inc(len(r.excluded))
+    if cfg.metrics_port:
+        _record_metrics_ports(r)
     try:
         last = min(cfg.schedule.epochs, cfg.stop_after or cfg.schedule.epochs)
         for epoch in range(state.epoch + 1, last + 1):
@@ -262,8 +268,7 @@ def run(cfg: TrainConfig, world: dist.World, run_dir: Path, runlog: Optional[Run
             if elastic is not None:
                 elastic.stage(payload, epoch)
                 elastic.commit()  # a host added or removed meanwhile: Horovod interrupts here
-        if cfg.metrics_port and cfg.metrics_linger:
-            time.sleep(cfg.metrics_linger)  # let Prometheus take a last scrape of the final values
+        r.metrics.linger(cfg.metrics_linger)  # until a last scrape has read the final values
     except KeyboardInterrupt:
         ckpts = list_checkpoints(run_dir) if world.is_root else []
         raise Interrupted(checkpoint_epoch(ckpts[-1]) if ckpts else 0, ckpts[-1] if ckpts else None) from None
@@ -316,7 +321,7 @@ def _warn_about_setup(r: Run) -> None:
 
 
 def _setup(cfg: TrainConfig, world: dist.World, run_dir: Path) -> Run:
-    device = _pin_device(world)
+    device = _pin_device(world, cfg.cpu_bind)
     # Each rank its own stream (dropout masks must differ across ranks); the model's initial
     # weights come from rank 0 by broadcast, so they need no common seed.
     torch.manual_seed(_seed(cfg.seed, 0, world.rank))
@@ -583,10 +588,20 @@ def _weights_on_device(r: Run, selection: Selection) -> Optional[torch.Tensor]:
     return w.to(r.precision.device)
 
 
+def _record_metrics_ports(r: Run) -> None:
+    """The ports the ranks serve metrics on (a taken one falls back to a free one) go into the
+    launcher's targets file (DAP_HVD_SD_FILE), so Prometheus scrapes the right ones."""
+    from dap_hvd.discovery import record_ports
+
+    ports = dist.allgather(torch.tensor([r.metrics.port], dtype=torch.int64), name="metrics.ports").tolist()
+    sd_file = os.environ.get("DAP_HVD_SD_FILE")
+    if r.world.is_root and sd_file and record_ports(sd_file, ports) is None:
+        log.warning("metrics ports %s not recorded in %s: missing, or not one target per rank", ports, sd_file)
+
+
 def _publish(r: Run, state: RunState, record: dict, stats, dropped: bool, sel_seconds: float, sel_bytes: int) -> None:
     m = r.metrics
-    m.samples.inc(stats.samples)
-    m.images_per_second.set(stats.samples / max(stats.seconds, 1e-9))
+    m.epoch_done(samples=stats.samples, seconds=stats.seconds)  # the live counts, made exact
     m.loss.set(record["train_loss"])
     m.lr.set(stats.last_lr)
     m.epoch.set(record["epoch"])
@@ -636,7 +651,9 @@ def evaluate_split(cfg, world, epoch, model, val_cat, val_class_of, precision, l
 
 # ---------------------------------------------------------------------------- helpers
 
-def _pin_device(world: dist.World) -> torch.device:
+def _pin_device(world: dist.World, cpu_bind: bool = True) -> torch.device:
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(given) if given.isdigit() and int(given) > 0 else None
     if torch.cuda.is_available():
         # local_rank % count: under per-task GPU binding (SLURM --gpus-per-task) each rank sees
         # one GPU as device 0. Two local ranks on one GPU would still be a mistake: say so.
@@ -645,13 +662,28 @@ def _pin_device(world: dist.World) -> torch.device:
         torch.cuda.set_device(index)
         dist.check_gpus_not_shared(str(torch.cuda.get_device_properties(index).uuid), world.local_size, count)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+        if cpu_bind:
+            _bind_cpus(world, index, count)
+        torch.set_num_threads(threads or min(affinity.GPU_RANK_TORCH_THREADS,
+                                             affinity.cpus_per_rank(world.local_size, bound=cpu_bind)))
         return torch.device("cuda", index)
     # Share the node's cores between the ranks on it instead of oversubscribing them, unless the
     # user set OMP_NUM_THREADS (it also makes runs with different ranks per host comparable).
-    given = os.environ.get("OMP_NUM_THREADS", "")
-    torch.set_num_threads(int(given) if given.isdigit() and int(given) > 0
-                          else max(1, (os.cpu_count() or 1) // world.local_size))
+    torch.set_num_threads(threads or affinity.cpus_per_rank(world.local_size, bound=False))
     return torch.device("cpu")
+
+
+def _bind_cpus(world: dist.World, index: int, count: int) -> None:
+    """Bind this rank's threads to CPUs near its GPU (dap_hvd/affinity.py)."""
+    try:
+        pci = [f"{p.pci_domain_id:04x}:{p.pci_bus_id:02x}:{p.pci_device_id:02x}.0"
+               for p in map(torch.cuda.get_device_properties, range(count))]
+    except AttributeError:  # a torch without the PCI ids
+        pci = None
+    binding = affinity.choose(affinity.read_topology(pci) if pci else None, index)
+    if binding.cpus:
+        affinity.apply(binding.cpus)
+    log.info("rank %d: %s", world.rank, binding.note)
 
 
 def _device_memory(device: torch.device) -> dict:
@@ -685,7 +717,7 @@ def _workers(cfg: TrainConfig, world: dist.World, device: torch.device) -> int:
     if cfg.data.workers is not None:
         return cfg.data.workers
     if device.type == "cuda":
-        return max(2, min(8, (os.cpu_count() or 2) // world.local_size))
+        return max(2, min(8, affinity.cpus_per_rank(world.local_size, bound=cfg.cpu_bind)))
     return 2
 
 

@@ -1,10 +1,45 @@
 # Shared by the launch scripts (sourced, not run).
+# Env they all read:
+#   METRICS_PORT  base port of the ranks' /metrics (rank r: BASE + local rank); default 27400, plus
+#                 a block of 16 per scheduler job (SLURM_JOB_ID, ...); 0 or off: no metrics
+#   SD_FILE       the Prometheus targets file (default runs/prometheus-targets[-JOBID].json); the
+#                 ranks write the ports they really serve on into it (DAP_HVD_SD_FILE)
+#   SSH_PORT      port of the other hosts' sshd (the image sets 2222): horovodrun --ssh-port,
+#                 mpirun -mca plm_rsh_args "-p PORT"
+#   NETWORK_INTERFACE  the NIC between nodes (NCCL/Gloo/MPI); DRY_RUN=1 prints the environment
+#                 exported and the command, and runs nothing
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -x "$repo/.venv/bin/dap-hvd" ]; then BIN="$repo/.venv/bin"; else BIN=$(dirname "$(command -v dap-hvd)"); fi
+if [ -x "$repo/.venv/bin/dap-hvd" ]; then
+  BIN="$repo/.venv/bin"
+else
+  BIN=$(dirname "$(command -v dap-hvd || echo ./dap-hvd)")
+fi
 DAP_HVD=${DAP_HVD:-$BIN/dap-hvd}
 HOROVODRUN=${HOROVODRUN:-$BIN/horovodrun}
-METRICS_PORT=${METRICS_PORT:-9400}
-SD_FILE=${SD_FILE:-runs/prometheus-targets.json}
+LAUNCH_ENV=()  # the variables this launcher exports, for DRY_RUN
+
+launch_export() {  # VAR VALUE: export it, and remember it for the dry run's listing
+  export "$1=$2"
+  LAUNCH_ENV+=("$1")
+}
+
+if [ -x "$BIN/python" ]; then  # the job's default port block and targets file name
+  read -r default_port job < <("$BIN/python" -c 'import os
+from dap_hvd.discovery import default_base_port, job_id
+print(default_base_port(os.environ), job_id(os.environ) or "-")')
+else  # no dap-hvd outside the container (MODE=pyxis): discovery.default_base_port, in bash
+  job=${SLURM_JOB_ID:-${PBS_JOBID:-${LSB_JOBID:-${JOB_ID:-${FLUX_JOB_ID:--}}}}}
+  digits=${job%%.*} digits=${digits//[!0-9]/}
+  default_port=27400
+  [ -n "$digits" ] && default_port=$((27400 + (10#$digits % 64) * 16))
+fi
+METRICS_PORT=${METRICS_PORT:-$default_port}
+if [ "$job" = - ]; then
+  SD_FILE=${SD_FILE:-runs/prometheus-targets.json}
+else  # one file per job: concurrent jobs do not overwrite each other's targets
+  SD_FILE=${SD_FILE:-runs/prometheus-targets-$job.json}
+fi
+SD_FILE=$(realpath -m "$SD_FILE")  # the ranks write into it from their own working directory
 
 local_slots() {  # GPUs on this node, else 2 CPU ranks (-L would also list MIG devices)
   local n
@@ -30,26 +65,44 @@ for h, n in parse_hosts(sys.argv[1]):
 write_sd() {  # Prometheus file_sd targets for these hosts, so Grafana sees every rank
   if [ "$METRICS_PORT" != "0" ] && [ "$METRICS_PORT" != "off" ]; then
     local cmd=("$DAP_HVD" sd-file --hosts "$1" --base-port "$METRICS_PORT" --out "$SD_FILE" --run-id "${RUN_ID:-}")
+    launch_export DAP_HVD_SD_FILE "$SD_FILE"
     if [ "${DRY_RUN:-0}" = "1" ]; then  # a dry run writes nothing: say what it would write
       { printf 'would run: '; printf '%q ' "${cmd[@]}"; echo; } >&2
-    else
+    elif command -v "$DAP_HVD" > /dev/null; then
       "${cmd[@]}" >&2
+    else  # dap-hvd lives only in the container (MODE=pyxis): the same file, written here
+      mkdir -p "$(dirname "$SD_FILE")"
+      sd_json "$1" > "$SD_FILE.tmp" && chmod 644 "$SD_FILE.tmp" && mv "$SD_FILE.tmp" "$SD_FILE"
     fi
   fi
 }
 
+sd_json() {  # "h1:2,h2:2" -> the targets JSON of discovery.write_sd_file, without Python
+  local h n i sep="" out=""
+  for item in ${1//,/ }; do
+    h=${item%:*} n=${item##*:}
+    for ((i = 0; i < n; i++)); do out+="$sep\"$h:$((METRICS_PORT + i))\""; sep=", "; done
+  done
+  printf '[{"targets": [%s], "labels": {"job": "dap_hvd"%s}}]\n' "$out" "${RUN_ID:+, \"run_id\": \"$RUN_ID\"}"
+}
+
 nccl_env() {  # sensible defaults; anything already set wins
-  export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-  export HOROVOD_GLOO_TIMEOUT_SECONDS=${HOROVOD_GLOO_TIMEOUT_SECONDS:-120}
+  launch_export NCCL_DEBUG "${NCCL_DEBUG:-WARN}"
+  launch_export HOROVOD_GLOO_TIMEOUT_SECONDS "${HOROVOD_GLOO_TIMEOUT_SECONDS:-120}"
+  # CUDA's default order is fastest-first; nvidia-smi, NVML and the CPU binding count by PCI bus
+  launch_export CUDA_DEVICE_ORDER "${CUDA_DEVICE_ORDER:-PCI_BUS_ID}"
   if [ -n "${NETWORK_INTERFACE:-}" ]; then
-    export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$NETWORK_INTERFACE}
-    export GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-$NETWORK_INTERFACE}
+    launch_export NCCL_SOCKET_IFNAME "${NCCL_SOCKET_IFNAME:-$NETWORK_INTERFACE}"
+    launch_export GLOO_SOCKET_IFNAME "${GLOO_SOCKET_IFNAME:-$NETWORK_INTERFACE}"
   fi
 }
 
-run_or_print() {  # DRY_RUN=1: print the command; else run it, and on failure end with dap-hvd's
-                  # own one-line error(s), after whatever traceback the launcher printed
+run_or_print() {  # DRY_RUN=1: print the environment exported and the command (a script one can
+                  # run); else run it, and on failure end with dap-hvd's own one-line error(s),
+                  # after whatever traceback the launcher printed
   if [ "${DRY_RUN:-0}" = "1" ]; then
+    local var
+    for var in "${LAUNCH_ENV[@]}"; do printf 'export %s=%q\n' "$var" "${!var}"; done
     printf '%q ' "$@"; echo
     return 0
   fi

@@ -14,7 +14,7 @@
 #   - fewer than --min-np ranks for ELASTIC_TIMEOUT seconds (default 60): the job ends non-zero.
 #     Horovod's own default is 600 s, and survivors can wait in re-initialisation that long
 #     (horovod#3494); the run's checkpoints are intact and --resume continues it.
-# Env as for horovodrun.sh (NETWORK_INTERFACE, METRICS_PORT, SD_FILE), plus ELASTIC_TIMEOUT, COOLDOWN.
+# Env as for horovodrun.sh (NETWORK_INTERFACE, METRICS_PORT, SD_FILE, SSH_PORT), plus ELASTIC_TIMEOUT, COOLDOWN.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/common.sh"
@@ -43,5 +43,6 @@ cmd=("$HOROVODRUN" --gloo -np "$np" --min-np "$min_np" --max-np "$max_np" --host
      --elastic-timeout "${ELASTIC_TIMEOUT:-60}")
 [ -n "${COOLDOWN:-}" ] && cmd+=(--blacklist-cooldown-range $COOLDOWN)
 [ -n "${NETWORK_INTERFACE:-}" ] && cmd+=(--network-interface "$NETWORK_INTERFACE")
+[ -n "${SSH_PORT:-}" ] && cmd+=(--ssh-port "$SSH_PORT")
 cmd+=("$DAP_HVD" train --elastic --metrics-port "$METRICS_PORT" "$@")
 run_or_print "${cmd[@]}"

@@ -87,7 +87,9 @@ class Cluster:
 
     # ------------------------------------------------------------------ up / down
 
-    def up(self) -> "Cluster":
+    def up(self, sshd: bool = True) -> "Cluster":
+        """The namespaces and the bridge; with `sshd`, the test's own sshd on each host (False:
+        the caller starts its own, e.g. the image's entrypoint)."""
         _ip("netns", "add", self.switch)
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.switch, "link", "set", "br0", "up")
@@ -100,10 +102,11 @@ class Cluster:
             _ip("-n", ns, "addr", "add", f"{self.addr[ns]}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
-        self._keys()
-        for ns in self.hosts:
-            self._start_sshd(ns)
-        self._wait_ssh()
+        if sshd:
+            self._keys()
+            for ns in self.hosts:
+                self._start_sshd(ns)
+            self._wait_ssh()
         return self
 
     def down(self) -> None:

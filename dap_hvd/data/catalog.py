@@ -93,8 +93,10 @@ def first_difference(mine: tuple[str, ...], theirs: tuple[str, ...]) -> str:
 
 
 def cache_root() -> Path:
-    """DAP_HVD_CACHE, default ~/.cache/dap-hvd: sample data, manifests, scans, wheels."""
-    return Path(os.environ.get("DAP_HVD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dap-hvd"))
+    """DAP_HVD_CACHE, default ~/.cache/dap-hvd (a writable fallback if it is not: cachedir.py)."""
+    from dap_hvd.cachedir import cache_root as writable_cache_root
+
+    return writable_cache_root()
 
 
 def _cache_dir() -> Path:
