@@ -68,7 +68,7 @@ def test_live_metrics_agree_with_summary(tiny_data, tmp_path):
     try:
         # Scrape all along, as Prometheus does. After training each endpoint stays up until the
         # next scrape (not --metrics-linger's 60 s), so each rank's last scrape has the final values.
-        deadline = time.time() + 240
+        deadline = time.time() + 420  # a loaded 2-core machine took over 240 s
         while proc.poll() is None:
             assert time.time() < deadline, "training did not finish in time"
             for r in (0, 1):
@@ -79,12 +79,13 @@ def test_live_metrics_agree_with_summary(tiny_data, tmp_path):
             if done_at is None and (out / "summary.json").exists():
                 s = json.loads((out / "summary.json").read_text())
                 done_at = time.time() if s["epochs_completed"] == 3 and s["top1"] is not None else None
-            time.sleep(0.3)
+            time.sleep(0.5)
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == 0 and done_at is not None, proc.stdout.read()
-    assert time.time() - done_at < 30, "the endpoints lingered after their last scrape"
+    # a linger not ended by the scrapes would last the full 60 s after the run's end
+    assert time.time() - done_at < 55, "the endpoints lingered after their last scrape"
     final = json.loads((out / "summary.json").read_text())
     last = final["epochs"][-1]
     for r, m in by_rank.items():
