@@ -134,3 +134,16 @@ def test_an_interrupt_names_the_newest_checkpoint_not_the_epoch_being_saved(tiny
     newest = int(ckpts[-1].stem.split("-")[1])
     assert f"interrupted after epoch {newest} (newest checkpoint: {ckpts[-1]}); resume with: dap-hvd train " \
            f"--resume {out}" in err, err
+
+
+def test_evaluate_refuses_to_guess_which_val_files_the_run_skipped(tmp_path):
+    """The stored indices mean the run's validation catalog: on another one (other files or
+    labels), `evaluate` says so instead of scoring a different set."""
+    from dap_hvd import DapError
+    from dap_hvd.evaluate import usable_val
+
+    meta = {"val_digest": "abc"}
+    assert usable_val(5, "abc", meta, np.array([1, 3]), tmp_path).tolist() == [0, 2, 4]
+    assert usable_val(5, "other", meta, np.array([], dtype=np.int64), tmp_path).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(DapError, match="skipped 2 bad validation file"):
+        usable_val(5, "other", meta, np.array([1, 3]), tmp_path)
