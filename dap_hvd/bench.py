@@ -270,7 +270,8 @@ def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
                 s = train(data, out, "--strategy", "full", "--train-list", fl, *_sched_args(dap=False), *common)
                 s["compute_ratio_measured"] *= kept / len(cat)  # relative to the full dataset
             runs.setdefault(name, []).append(dict(top1=s["top1"], top5=s["top5"], compute=s["compute_ratio_measured"],
-                                                  wall=s["elapsed_seconds"], epoch_seconds=sum(e["seconds"] for e in s["epochs"]),
+                                                  wall=s["elapsed_seconds"],
+                                                  epoch_seconds=sum(e["seconds"] for e in s["epochs"]),
                                                   train_seconds=sum(e["train_seconds"] for e in s["epochs"])))
     return dict(seeds=seeds, planned_ratio=ratio, schedule=SCHED, runs=runs)
 

@@ -841,7 +841,7 @@ def _resume(r: Run, committed: Optional[dict] = None) -> RunState:
     state.epoch = shared["epoch"]
     state.policy_state = None if shared["policy_state"] is None else DapState(**shared["policy_state"])
     state.history, state.samples_trained = shared["history"], shared["samples_trained"]
-    state.epoch_seconds = shared.get("epoch_seconds", shared.get("wall_seconds", 0.0))  # wall_seconds: before 0.2
+    state.epoch_seconds = shared.get("epoch_seconds", shared.get("wall_seconds", 0.0))  # older: wall_seconds
     state.elapsed_seconds, state.run_id = shared.get("elapsed_seconds", state.epoch_seconds), shared["run_id"]
     state.memberships = shared.get("memberships", [])
     _restore_rng(world, ckpt, shared)

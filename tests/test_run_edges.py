@@ -43,10 +43,12 @@ def test_evaluate_scores_exactly_what_the_run_scored(data_copy, tmp_path):
     victim = sorted(sorted((data_copy / "val").iterdir())[1].iterdir())[2]
     victim.write_bytes(victim.read_bytes()[:600] + bytes(20000))
     out = tmp_path / "ev"
-    train(data_copy, out, "--on-bad-sample", "skip", "--amp", "bf16", *short(1))
+    # bf16 convolutions are slow on CPU: two steps of training are enough to score
+    train(data_copy, out, "--on-bad-sample", "skip", "--amp", "bf16", "--strategy", "full", *short(1),
+          "--max-steps-per-epoch", "2", timeout=600)
     s = summary(out)
     assert s["skipped_bad_val_samples"] == 1
-    one = json.loads(run([DAP_HVD, "evaluate", out, "--json"], timeout=120).stdout)
+    one = json.loads(run([DAP_HVD, "evaluate", out, "--json"], timeout=300).stdout)
     assert one["top1"] == s["top1"] and one["top5"] == s["top5"] and one["samples"] == 119
     from dap_hvd.evaluate import build_eval_model, load_for_eval
     from dap_hvd.models import Fp32Linear
@@ -132,3 +134,16 @@ def test_an_interrupt_names_the_newest_checkpoint_not_the_epoch_being_saved(tiny
     newest = int(ckpts[-1].stem.split("-")[1])
     assert f"interrupted after epoch {newest} (newest checkpoint: {ckpts[-1]}); resume with: dap-hvd train " \
            f"--resume {out}" in err, err
+
+
+def test_evaluate_refuses_to_guess_which_val_files_the_run_skipped(tmp_path):
+    """The stored indices mean the run's validation catalog: on another one (other files or
+    labels), `evaluate` says so instead of scoring a different set."""
+    from dap_hvd import DapError
+    from dap_hvd.evaluate import usable_val
+
+    meta = {"val_digest": "abc"}
+    assert usable_val(5, "abc", meta, np.array([1, 3]), tmp_path).tolist() == [0, 2, 4]
+    assert usable_val(5, "other", meta, np.array([], dtype=np.int64), tmp_path).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(DapError, match="skipped 2 bad validation file"):
+        usable_val(5, "other", meta, np.array([1, 3]), tmp_path)
