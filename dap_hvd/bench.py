@@ -507,8 +507,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(("startup", "overhead", "selection", "loaders", "accuracy",
                                                 "redundancy")),
                     help="comma list of: startup, overhead, selection, loaders, accuracy (includes saving), "
-                         "redundancy; not in the default list: gpu (one GPU), real (Fashion-MNIST, every policy, 10 epochs, "
-                         "three budgets), long (the same over 40 epochs: about 75 min on 2 cores)")
+                         "redundancy; not in the default list: gpu (one GPU), real (Fashion-MNIST, every policy, "
+                         "10 epochs, three budgets), long (the same over 40 epochs: about 75 min on 2 cores)")
     ap.add_argument("--compare-dir", default="bench-out", help="real, long: where their `dap-hvd compare` folders "
                     "are kept (an interrupted section resumes from them; default bench-out)")
     ap.add_argument("--policies", help="real, long: a comma list of the policies and baselines to compare "

@@ -466,17 +466,31 @@ def build_report(state: dict) -> dict:
             selection_seconds=statistics.mean(r["selection_seconds"] for r in rs)))
     return {"settings": state["settings"], "num_train": state.get("num_train"), "num_val": state.get("num_val"),
             "seconds": state.get("seconds"), "deeper": state.get("deeper", {}), "entries": entries,
-            "conclusion": conclusion(entries), "runs": runs}
+            "conclusion": conclusion(entries), "against_fewer_epochs": against_fewer_epochs(runs), "runs": runs}
 
 
 def conclusion(entries: list) -> dict:
-    """The most compute saved within 0.5 pt of full data (mean over seeds); else the closest entry."""
+    """The entries within 0.5 pt of full data (mean over seeds), the one of them that saves the most
+    compute; else the closest entry."""
     pruned = [e for e in entries if e["policy"] != "full" and e["gap"] is not None]
-    within = [e for e in pruned if e["gap"] >= -0.005]
-    best = min(within, key=lambda e: e["compute"]) if within else None
+    within = sorted((e for e in pruned if e["gap"] >= -0.005), key=lambda e: e["compute"])
+    best = within[0] if within else None
     closest = max(pruned, key=lambda e: e["gap"]) if pruned else None
-    return {"within": best, "closest": closest,
+    return {"within": best, "all_within": within, "closest": closest,
             "pays": best is not None and best["compute"] <= 0.75 + 1e-9}
+
+
+def against_fewer_epochs(runs: list) -> list:
+    """Each policy against all data for fewer epochs at the same budget (the baseline a selection
+    method must beat at equal compute): top-1 difference paired by seed, mean ± std."""
+    short = {(r["budget"], r["seed"]): r["top1"] for r in runs if r["policy"] == "fewer_epochs"}
+    by = {}
+    for r in runs:
+        if r["policy"] not in BASELINES and (r["budget"], r["seed"]) in short:
+            by.setdefault((r["policy"], r["budget"]), []).append(r["top1"] - short[(r["budget"], r["seed"])])
+    order = {p: i for i, p in enumerate(ORDER)}
+    return [dict(policy=p, budget=b, diff=_mean_std(d)[0], std=_mean_std(d)[1], seeds=len(d))
+            for (p, b), d in sorted(by.items(), key=lambda kv: (-kv[0][1], order.get(kv[0][0], len(order))))]
 
 
 def _name(e: dict) -> str:
@@ -519,6 +533,11 @@ def render_conclusion(report: dict) -> str:
                 f"{e['budget']:g}: compute {e['compute']:.3f} ({1 - e['compute']:.0%} saved), wall {e['wall']:.3f} "
                 f"of full data's, Δ {e['gap'] * 100:+.2f} ± {e['gap_std'] * 100:.2f} pt.")
         line += " That is ≥ 25% saved within 0.5 pt." if c["pays"] else " That is less than 25% saved."
+        others = [e for e in c.get("all_within", [])[1:]]
+        if others:
+            line += " Also within 0.5 pt: " + "; ".join(
+                f"{_name(e)} at budget {e['budget']:g} (compute {e['compute']:.3f}, Δ {e['gap'] * 100:+.2f} ± "
+                f"{e['gap_std'] * 100:.2f} pt)" for e in others) + "."
     elif c["closest"] is not None:
         e = c["closest"]
         line = (f"- **No entry stays within 0.5 pt of full data (mean of seeds).** The closest: {_name(e)} at budget "
@@ -526,6 +545,11 @@ def render_conclusion(report: dict) -> str:
                 "pt.")
     else:
         return ""
+    vs = report.get("against_fewer_epochs") or []
+    if vs:
+        line += ("\n- **Against all data for fewer epochs at the same budget** (top-1 difference paired by seed): "
+                 + "; ".join(f"{LABEL.get(v['policy'], v['policy'])} at {v['budget']:g}: {v['diff'] * 100:+.2f} ± "
+                             f"{v['std'] * 100:.2f} pt" for v in vs) + ".")
     return line + "\n"
 
 

@@ -177,3 +177,15 @@ def test_a_plan_that_cannot_reach_the_budget_is_said_once_per_entry(tmp_path):
     # DaP's ImageNet schedule scaled to 3 epochs picks all data back after epochs 1 and 2: never below 1.0
     assert lines == ["compare: warning: dap cannot reach budget 0.75 in b0.75-dap: its plan gives 1.000 at best "
                      "(keep 0.01)"]
+
+
+def test_each_policy_is_set_against_fewer_epochs_at_the_same_budget_by_seed():
+    state = _runs(rs2=(0.75, 0.75, [-0.001, -0.004, -0.007]), fewer_epochs=(0.75, 0.75, [-0.011, -0.010, -0.012]),
+                  dap=(0.55, 0.55, [-0.02] * 3))
+    rep = compare.build_report(state)
+    assert [(v["policy"], v["budget"]) for v in rep["against_fewer_epochs"]] == [("rs2", 0.75)]
+    v = rep["against_fewer_epochs"][0]
+    assert v["diff"] == pytest.approx(0.007) and v["std"] == pytest.approx(0.0026458, abs=1e-6) and v["seeds"] == 3
+    text = compare.render(rep)
+    assert "RS2 at 0.75: +0.70 ± 0.26 pt" in text
+    assert "Also within 0.5 pt" not in text  # rs2 alone is within; fewer epochs is 1.1 pt short
