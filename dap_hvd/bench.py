@@ -293,7 +293,7 @@ def plot_compare(raw: dict, out: Path) -> None:
 
     for name, file in PARETO.items():
         if raw.get(name, {}).get("entries"):
-            compare.plot(raw[name], out.parent / "bench" / file, title=f"Fashion-MNIST: {TITLES[name]}")
+            compare.plot(raw[name], out.parent / "bench" / file, title=TITLES[name])
 
 
 def bench_redundancy(work: Path, seeds: int, levels=(1, 4, 12)) -> dict:
