@@ -27,7 +27,7 @@ import hashlib
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Optional, Protocol
+from typing import NamedTuple, Optional, Protocol
 
 import numpy as np
 
@@ -401,16 +401,21 @@ def kmeans_1d(sorted_values: np.ndarray, k: int, max_iter: int = KMEANS_MAX_ITER
     return groups(edges, it)
 
 
-def seta_window(num_groups: int, window: float, iteration: int) -> tuple[int, int]:
+class Window(NamedTuple):
+    start: int  # the first group kept
+    stop: int  # one past the last
+
+
+def seta_window(num_groups: int, window: float, iteration: int) -> Window:
     """The groups [start, stop) that SeTa keeps at pruning iteration `iteration` (0-based: the
     first pruning epoch is 0 and keeps every group). round(k w) consecutive groups (at least one),
     the start sliding by one group per iteration from easy to hard and back to 0 after
     k - round(k w) + 1 iterations. Python's round, as in the reference: round(2.5) is 2."""
     if iteration == 0:
-        return 0, num_groups
+        return Window(0, num_groups)
     size = min(num_groups, max(1, round(num_groups * window)))
     start = iteration % (num_groups - size + 1)
-    return start, start + size
+    return Window(start, start + size)
 
 
 @dataclass(frozen=True)
