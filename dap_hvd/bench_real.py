@@ -49,11 +49,9 @@ def describe(name: str) -> str:
     par = "" if cfg["parallel"] == 1 else f", {cfg['parallel']} runs at once (wall ratios carry the machine's load)"
     left = "" if cfg["policies"] is None else \
         "; random drop on DaP's schedule is left to sections (d) and (e)"
-    val = "the whole 10,000-image test set" if cfg["val_per_class"] is None else \
-        f"{10 * cfg['val_per_class']:,} test images ({cfg['val_per_class']} per class)"
-    return (f"{10 * cfg['train_per_class']:,} training images ({cfg['train_per_class']} per class), {val}, "
-            f"{size}, `resnet_small`, {cfg['ranks']} rank{'s' if cfg['ranks'] > 1 else ''} × batch "
-            f"{cfg['batch_size']} per run{par}{left}.")
+    val = "the whole test set" if cfg["val_per_class"] is None else f"{cfg['val_per_class']} test images"
+    return (f"{cfg['train_per_class']} training images per class and {val}, {size}, `resnet_small`, "
+            f"{cfg['ranks']} rank{'s' if cfg['ranks'] > 1 else ''} × batch {cfg['batch_size']} per run{par}{left}.")
 
 
 def settings(name: str, data: Path, seeds: int, policies=None):

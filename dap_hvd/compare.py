@@ -530,8 +530,8 @@ def render_conclusion(report: dict) -> str:
     if c["within"] is not None:
         e = c["within"]
         line = (f"- **Most compute saved within 0.5 pt of full data (mean of seeds):** {_name(e)} at budget "
-                f"{e['budget']:g}: compute {e['compute']:.3f} ({1 - e['compute']:.0%} saved), wall {e['wall']:.3f} "
-                f"of full data's, Δ {e['gap'] * 100:+.2f} ± {e['gap_std'] * 100:.2f} pt.")
+                f"{e['budget']:g}: compute {e['compute']:.3f} ({1 - e['compute']:.0%} saved), wall "
+                f"{'–' if e['wall'] is None else format(e['wall'], '.3f')} of full data's, Δ {e['gap'] * 100:+.2f} ± {e['gap_std'] * 100:.2f} pt.")
         line += " That is ≥ 25% saved within 0.5 pt." if c["pays"] else " That is less than 25% saved."
         others = [e for e in c.get("all_within", [])[1:]]
         if others:
