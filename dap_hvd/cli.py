@@ -78,7 +78,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     print(f"{p.policy}: {what}" + (f" N={p.num_samples}" if p.num_samples else "")
           + f"; LR x0.1 after {','.join(map(str, lr_steps)) or '-'}")
     if preset.scaled:
-        print(f"from the {preset.describe(schedule=p.policy in ('dap', 'random'))}\n"
+        print(f"from the {preset.describe() if p.policy in ('dap', 'random') else preset.describe(('lr_steps',))}\n"
               f"  (scaling: {SCALING_RULE}; flags given beside it win)")
     print(f"{'epoch':>5}  {'fraction':>15}  {'size':>17}  {'event':<7} after")
     for e in p.epochs:
@@ -429,6 +429,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `dap-hvd plan | head`: the reader closed the pipe, having what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     if console and args.cmd in ("train", "evaluate"):
         _fast_exit(rc)
     return rc

@@ -468,16 +468,12 @@ def resolve_schedule(strategy: str, values: dict, default_preset: str, problems:
 
 
 def schedule_note(strategy: str, preset: ScaledPreset, given: set) -> Optional[str]:
-    """How --epochs scaled the preset, when the run takes any value from the scaled preset."""
-    if not preset.scaled:
-        return None
-    takes = [k for k in SCHEDULE_PARAMS if k in REGISTRY[strategy].params and k not in given and k != "keep"]
-    if "lr_steps" not in given:
-        takes.append("lr_steps")
+    """The values the run takes from its preset that --epochs scaled (None: it takes none)."""
+    reads = set(REGISTRY[strategy].params) | {"lr_steps"}
+    takes = tuple(k for k in preset.changed() if k in reads and k not in given)
     if not takes:
         return None
-    what = preset.describe() if takes != ["lr_steps"] else preset.describe(schedule=False)
-    return (f"schedule: the {what} (x{preset.epochs}/{PRESETS[preset.name]['epochs']}, rounded; "
+    return (f"schedule: {preset.describe(takes)} (x{preset.epochs}/{PRESETS[preset.name]['epochs']}, rounded; "
             f"`dap-hvd plan` shows the rule)")
 
 

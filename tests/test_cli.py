@@ -130,3 +130,12 @@ def test_plan_config_reports_the_same_problems_as_train(tmp_path, capsys):
     assert main(["plan", "--config", str(y)]) == 2
     assert capsys.readouterr().err.strip() == f"dap-hvd plan: error: {expected}"
     assert all(field in expected for field in BAD_YAML_FIELDS)
+
+
+def test_plan_into_a_closed_pipe_is_quiet():
+    import subprocess
+    import sys
+
+    p = subprocess.run(f"{sys.executable} -m dap_hvd plan --preset imagenet --json | head -1", shell=True,
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "{" and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr

@@ -56,13 +56,21 @@ class ScaledPreset:
     def scaled(self) -> bool:
         return self.epochs != PRESETS[self.name]["epochs"]
 
-    def describe(self, schedule: bool = True) -> str:
-        """`schedule`: DaP's parameters too, not only the LR decay epochs (for dap and random)."""
-        p = self.params
-        dap = (f"W={p['warmup']} I={p['interval']} alpha={p['active'] or 'unlimited'} "
-               f"R={','.join(map(str, p['reuse'])) or '-'}, ") if schedule else ""
+    def describe(self, keys: tuple = ("warmup", "interval", "active", "reuse", "lr_steps")) -> str:
+        """The preset's scaled values of `keys` (Schedule's names, and lr_steps)."""
+        p = dict(self.params, lr_steps=self.lr_steps)
+        shown = {"warmup": f"W={p['warmup']}", "interval": f"I={p['interval']}",
+                 "active": f"alpha={p['active'] or 'unlimited'}",
+                 "reuse": f"R={','.join(map(str, p['reuse'])) or '-'}",
+                 "lr_steps": f"LR x0.1 after {','.join(map(str, p['lr_steps'])) or '-'}"}
         return (f"'{self.name}' preset ({PRESETS[self.name]['epochs']} epochs) scaled to {self.epochs}: "
-                f"{dap}LR x0.1 after {','.join(map(str, self.lr_steps)) or '-'}")
+                + " ".join(shown[k] for k in keys))
+
+    def changed(self) -> tuple:
+        """The keys whose values scaling changed (of W, I, alpha, R, lr_steps)."""
+        base = dict(PRESETS[self.name], lr_steps=PRESET_LR_STEPS[self.name])
+        now = dict(self.params, lr_steps=self.lr_steps)
+        return tuple(k for k in ("warmup", "interval", "active", "reuse", "lr_steps") if base[k] != now[k])
 
 
 def scale_preset(name: str, epochs: int) -> ScaledPreset:
