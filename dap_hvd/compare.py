@@ -509,8 +509,14 @@ def render(report: dict) -> str:
         budget = "–" if e["budget"] is None else f"{e['budget']:g}"
         rows += (f"| {_name(e)} | {budget} | {e['planned']:.3f} | {e['compute']:.3f} | {wall} | "
                  f"{e['top1'] * 100:.2f} ± {e['top1_std'] * 100:.2f} | {gap} | {e['seeds']} |\n")
-    deeper = "".join(f" Budget {b}: the {len(p)} best entries at {s['budgets'][0]:g} ({', '.join(p)})."
-                     for b, p in report.get("deeper", {}).items())
+    deeper = ""
+    for b, chosen in report.get("deeper", {}).items():
+        deeper += f" Budget {b}: the {len(chosen)} best entries at {s['budgets'][0]:g} ({', '.join(chosen)})."
+        # runs kept from an earlier pass of a resumed compare, when the best entries differed (an entry added since)
+        kept = sorted({e["policy"] for e in report["entries"] if e["budget"] is not None
+                       and f"{e['budget']:g}" == b and e["policy"] not in chosen})
+        if kept:
+            deeper += f" Also at {b}, from an earlier pass when it was among the best: {', '.join(kept)}."
     text = (f"{report['num_train']:,} training and {report['num_val']:,} test images, {s['epochs']} epochs, "
             f"{s['np']} rank{'s' if s['np'] > 1 else ''} per run (`-H {s['hosts']}`), "
             f"train flags `{' '.join(s['train_args']) or '(defaults)'}`, LR ×0.1 "

@@ -10,7 +10,7 @@ from test_compare import _runs
 def test_the_long_section_is_a_40_epoch_compare_of_every_entry_at_two_budgets():
     s = bench_real.settings("long", Path("/data"), 3)
     assert (s.epochs, s.budgets, s.top_k, s.seeds, s.np) == (40, (0.75, 0.55), 3, 3, 1)
-    assert s.policies == ("full", "fewer_epochs", "dap", "infobatch", "seta", "rs2", "fixed_subset")
+    assert s.policies == ("full", "fewer_epochs", "dap", "infobatch", "seta", "rs2", "fixed_subset", "random")
     assert bench_real.CONFIGS["long"]["val_per_class"] is None  # the whole 10,000-image test set
     assert "resnet_small" in s.train_args
     assert bench_real.settings("real", Path("/data"), 1, ["rs2"]).policies == ("full", "rs2")

@@ -90,6 +90,20 @@ def test_the_best_entries_of_the_first_budget_pick_the_deeper_runs():
     assert compare.best_entries(state["runs"], 0.75, 2) == ["rs2", "dap"]
 
 
+def test_deeper_runs_of_an_entry_no_longer_among_the_best_are_named_as_such():
+    """A resumed compare that gained an entry (the random-drop control in section (f)) can change
+    the best entries of the first budget; the deeper runs made before stay, and the text says why."""
+    state = _runs(dap=(0.75, 0.75, [0.0] * 3), infobatch=(0.55, 0.55, [-0.03] * 3))
+    state["runs"] += [dict(r, key=r["key"].replace("infobatch", "dap"), policy="dap")
+                      for r in state["runs"] if r["policy"] == "infobatch"]
+    state["deeper"] = {"0.55": ["dap"]}
+    text = compare.render(compare.build_report(state))
+    assert "Budget 0.55: the 1 best entries at 0.75 (dap). Also at 0.55, from an earlier pass when it was among " \
+           "the best: infobatch." in text
+    state["deeper"] = {"0.55": ["dap", "infobatch"]}
+    assert "earlier pass" not in compare.render(compare.build_report(state))
+
+
 def _settings(tmp_path, **kw):
     return compare.Settings(**dict(dict(data=str(tmp_path), epochs=2, budgets=(0.5,), policies=("full", "rs2"),
                                         seeds=1, top_k=None, np=2, hosts="localhost:2", train_args=()), **kw))
