@@ -32,7 +32,7 @@ SSH_PORT = 2299  # neither ssh's 22 nor the image's 2222: only the launcher's --
 DAP_UID, KEY_UID, LOGINUID = 2000, 4242, 4343
 CAP_AUDIT_CONTROL = 30
 # what is under test is how the ranks start, not DaP: one full-data epoch
-TRAIN = ["--strategy", "full", "--epochs", "1", "--warmup", "1", "--reuse", "none", "--lr-steps", "none",
+TRAIN = ["--strategy", "full", "--epochs", "1", "--lr-steps", "none",
          "--batch-size", "32", "--no-progress", "--workers", "1", "--metrics-port", "0"]
 ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "NETWORK_INTERFACE": "eth0",
        "SSH_PORT": str(SSH_PORT), "PYTHONPATH": str(REPO), "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin"}
