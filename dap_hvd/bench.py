@@ -176,8 +176,8 @@ def bench_loaders(work: Path, repeats: int, images: int = 384) -> dict:
     2 threads / 2 workers, alternating rounds."""
     from dap_hvd.data.catalog import load_catalog
     from dap_hvd.data.loaders import make_loader
-    from dap_hvd.data.spec import LoaderSpec
     from dap_hvd.data.sample_data import SampleSpec, make_sample_data
+    from dap_hvd.data.spec import LoaderSpec
 
     root = make_sample_data(work / "big", SampleSpec(num_classes=4, train_per_class=images // 4, val_per_class=2,
                                                       redundancy=1, image_size=448, seed=3))

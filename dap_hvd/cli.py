@@ -7,7 +7,6 @@ Imports stay lazy so `dap-hvd plan` answers in well under a second, without torc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -139,7 +138,7 @@ def _plan_from_flags(a: argparse.Namespace):
 
 def _plan_from_config(a: argparse.Namespace):
     """(policy, LR decay epochs, scaled preset) of a training config, loaded as `train` loads it."""
-    from dap_hvd.config import read_yaml, load_config
+    from dap_hvd.config import load_config, read_yaml
     from dap_hvd.policy.schedule import scale_preset
 
     overrides = {k: getattr(a, k) for k in _PLAN_FLAGS}
@@ -238,7 +237,6 @@ def cmd_train(a: argparse.Namespace) -> int:
     yaml_path, notes = a.config, []
     if a.resume == "auto":  # a scheduler's requeue: continue the run in --out if there is one
         from dap_hvd.checkpoint import list_checkpoints
-
         from dap_hvd.config import TrainConfig
 
         out = Path(a.out or TrainConfig.out)
@@ -279,7 +277,8 @@ def _mpi_comm(a: argparse.Namespace):
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from dap_hvd.evaluate import cli_overrides, main as evaluate_main
+    from dap_hvd.evaluate import cli_overrides
+    from dap_hvd.evaluate import main as evaluate_main
 
     return evaluate_main(a.target, cli_overrides(a.root, a.batch_size, a.loader, a.workers), a.json, _mpi_comm(a))
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Literal, Optional
 
 from dap_hvd import ConfigError
 from dap_hvd.policy.policies import POLICIES, REGISTRY, SCHEDULE_PARAMS, make_policy
-from dap_hvd.policy.schedule import PRESETS, SCALING_RULE, ScaledPreset, Schedule, scale_preset
+from dap_hvd.policy.schedule import PRESETS, ScaledPreset, Schedule, scale_preset
 
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
           "densenet169", "mobilenet_v2", "mobilenet_v1", "resnet_small")

@@ -14,10 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+import horovod.torch as hvd
 import numpy as np
 import torch
-
-import horovod.torch as hvd
 from horovod.common.elastic import State as ElasticState
 from horovod.common.exceptions import HorovodInternalError as CollectiveError  # noqa: F401 (re-exported)
 

@@ -7,8 +7,8 @@ on the device. The host reads running totals only when the progress line redraws
 from __future__ import annotations
 
 import contextlib
-import time
 import math
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import get_total_norm
 
-from dap_hvd.ledger import LossLedger
-from dap_hvd.data.spec import Loader
-from dap_hvd.lr import LRSchedule
 from dap_hvd.data.sharding import decode_labels
+from dap_hvd.data.spec import Loader
+from dap_hvd.ledger import LossLedger
+from dap_hvd.lr import LRSchedule
 
 
 @dataclass(frozen=True)

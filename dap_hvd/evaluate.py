@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from dap_hvd import DapError, dist
-from dap_hvd.data.catalog import load_catalog
 from dap_hvd.checkpoint import list_checkpoints
 from dap_hvd.config import load_config
+from dap_hvd.data.catalog import load_catalog
 from dap_hvd.data.loaders import Loaders
 from dap_hvd.models import build_classifier
 from dap_hvd.train import _pin_device, _precision, ensure_data, evaluate_split

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from dap_hvd import DapError
-from dap_hvd.files import publish_mode
-from dap_hvd.evaluate import find_checkpoint, load_for_eval
 from dap_hvd.data.spec import IMAGENET_MEAN, IMAGENET_STD
+from dap_hvd.evaluate import find_checkpoint, load_for_eval
+from dap_hvd.files import publish_mode
 
 TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169",
                "mobilenet_v2")

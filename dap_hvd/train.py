@@ -24,23 +24,23 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dap_hvd import ConfigError, DataError, DapError, DivergedError, affinity, dist, notice, rundir
-from dap_hvd.data.catalog import Catalog, cache_root, load_catalog
+from dap_hvd import ConfigError, DapError, DataError, DivergedError, affinity, dist, notice, rundir
 from dap_hvd.checkpoint import checkpoint_epoch, list_checkpoints, load_newest, remove_stale_temps, save_checkpoint
 from dap_hvd.config import TrainConfig
+from dap_hvd.data.catalog import Catalog, cache_root, load_catalog
+from dap_hvd.data.loaders import Loaders
+from dap_hvd.data.sharding import shard_for_rank
+from dap_hvd.data.spec import BadSampleError, LoaderError, LoaderSpec
 from dap_hvd.devices import gpu_index, jpeg_decoder
 from dap_hvd.engine import Precision, divergence, evaluate, train_one_epoch
 from dap_hvd.files import write_atomic
 from dap_hvd.ledger import LossLedger
-from dap_hvd.data.loaders import Loaders
-from dap_hvd.data.spec import BadSampleError, LoaderError, LoaderSpec
 from dap_hvd.lr import build_lr_schedule
 from dap_hvd.models import build_classifier, param_groups
 from dap_hvd.policy.policies import Context, Policy, Selection, check_finite, selection_digest
 from dap_hvd.policy.schedule import DROP, PICK, DapState, Plan
 from dap_hvd.policy.scores import ScoreTable
 from dap_hvd.resume import changes, resume_lr, unmade_final_step
-from dap_hvd.data.sharding import shard_for_rank
 from dap_hvd.supervise import note_loader
 
 log = logging.getLogger("dap_hvd")

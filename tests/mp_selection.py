@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from dap_hvd import DivergedError, dist
-from dap_hvd.ledger import LossLedger
-from dap_hvd.policy.schedule import keep_count
-from dap_hvd.policy.policies import check_finite, drop_keep, select_hardest, selection_digest, tie_break_rng
 from dap_hvd.data.sharding import shard_for_rank
+from dap_hvd.ledger import LossLedger
+from dap_hvd.policy.policies import check_finite, drop_keep, select_hardest, selection_digest, tie_break_rng
+from dap_hvd.policy.schedule import keep_count
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--subset-size", type=int, default=1001)

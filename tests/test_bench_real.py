@@ -3,8 +3,9 @@ report becomes a BENCHMARKS.md section (the arithmetic itself is tested in test_
 
 from pathlib import Path
 
-from dap_hvd import bench, bench_real, compare
 from test_compare import _runs
+
+from dap_hvd import bench, bench_real, compare
 
 
 def test_the_long_section_is_a_40_epoch_compare_of_every_entry_at_two_budgets():

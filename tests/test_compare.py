@@ -9,8 +9,8 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import DAP_HVD, _env, run
+
 from dap_hvd import ConfigError, compare
 from dap_hvd.policy.schedule import PRESETS
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from dap_hvd import affinity
 from dap_hvd.affinity import Topology, format_cpulist, parse_cpulist, plan
 from dap_hvd.config import load_config

@@ -2,7 +2,6 @@
 single-process answer, for uneven sizes, both merge methods, and no hang."""
 
 import pytest
-
 from conftest import PY, REPO, horovodrun, rank_json
 
 pytestmark = pytest.mark.multirank

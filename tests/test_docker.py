@@ -9,12 +9,10 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import REPO, BIN
+from conftest import BIN, REPO
 from test_metrics import EXPECTED
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dap_hvd.data.sharding import Shard
+from dap_hvd.data.spec import Batch
 from dap_hvd.engine import Precision, train_one_epoch
 from dap_hvd.ledger import LossLedger
-from dap_hvd.data.spec import Batch
 from dap_hvd.lr import LRSchedule
 from dap_hvd.policy.policies import drop_keep
-from dap_hvd.data.sharding import Shard
 
 
 class ListLoader:

@@ -22,9 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
 import netns
+import pytest
 from conftest import BIN, REPO
 
 pytestmark = pytest.mark.multirank

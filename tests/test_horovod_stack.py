@@ -1,7 +1,6 @@
 """The real stack: Horovod over Gloo (horovodrun) and over MPI (mpirun + mpi4py), 2 ranks."""
 
 import pytest
-
 from conftest import PY, REPO, horovodrun, mpirun, rank_json
 
 pytestmark = pytest.mark.multirank

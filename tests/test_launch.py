@@ -9,7 +9,6 @@ import stat
 import subprocess
 
 import pytest
-
 from conftest import REPO, run
 from test_metrics import _free_base_port
 

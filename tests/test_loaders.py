@@ -8,8 +8,8 @@ import pytest
 
 from dap_hvd.data.catalog import load_catalog
 from dap_hvd.data.loaders import Loaders, make_loader
-from dap_hvd.data.spec import LoaderSpec
 from dap_hvd.data.sharding import decode_labels, shard_for_rank
+from dap_hvd.data.spec import LoaderSpec
 
 
 def _spec(cat, shard, train=True, seed=0, batch=16):

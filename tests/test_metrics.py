@@ -4,7 +4,6 @@ a taken port is one warning and another port, which the targets file then lists.
 
 import json
 import logging
-import os
 import socket
 import stat
 import subprocess
@@ -14,9 +13,9 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import DAP_HVD, HOROVODRUN, _env, run
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DAP_HVD, HOROVODRUN, _env, run
 from dap_hvd import discovery
 from dap_hvd.discovery import default_base_port, parse_hosts, record_ports, write_sd_file
 from dap_hvd.metrics import LIVE_INTERVAL, Metrics

@@ -18,9 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import netns
+import pytest
 from conftest import REPO, run
 
 pytestmark = pytest.mark.multirank

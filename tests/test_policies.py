@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 
 from dap_hvd import ConfigError, DivergedError
-from dap_hvd.policy.policies import (POLICIES, RS2, Context, DropSchedule, InfoBatch, SeTa, Selection, kmeans_1d,
-                                     make_policy, seta_window)
+from dap_hvd.policy.policies import (
+    POLICIES,
+    RS2,
+    Context,
+    DropSchedule,
+    InfoBatch,
+    Selection,
+    SeTa,
+    kmeans_1d,
+    make_policy,
+    seta_window,
+)
 from dap_hvd.policy.schedule import Schedule, plan
 from dap_hvd.policy.scores import ScoreTable
 

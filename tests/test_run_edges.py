@@ -10,7 +10,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import DAP_HVD, _env, horovodrun, run
 from test_train import short, summary, train
 

@@ -9,11 +9,11 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import DAP_HVD, PY, _env, run
+from test_train import COMMON, SCHED, short, summary, train
+
 from dap_hvd import DapError
 from dap_hvd.rundir import LOCK_NAME, archive, claim, newest_checkpoint
-from test_train import COMMON, SCHED, short, summary, train
 
 pytestmark = pytest.mark.multirank
 

@@ -1,6 +1,5 @@
 """The embedded sample dataset: deterministic bytes, a redundancy knob, the ImageNet layout."""
 
-import filecmp
 import hashlib
 import os
 from pathlib import Path

@@ -7,8 +7,20 @@ import sys
 import pytest
 
 from dap_hvd import ConfigError
-from dap_hvd.policy.schedule import (DROP, PICK, PRESET_LR_STEPS, PRESETS, STAY, DapState, Schedule, decide,
-                                     initial_state, keep_count, plan, scale_preset)
+from dap_hvd.policy.schedule import (
+    DROP,
+    PICK,
+    PRESET_LR_STEPS,
+    PRESETS,
+    STAY,
+    DapState,
+    Schedule,
+    decide,
+    initial_state,
+    keep_count,
+    plan,
+    scale_preset,
+)
 
 CIFAR = dict(epochs=300, warmup=40, interval=10, keep=0.9, active=None, reuse=(150,))
 IMAGENET = dict(epochs=120, warmup=10, interval=2, keep=0.9, active=10, reuse=(30, 60, 90))

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import DAP_HVD, _env
 from test_train import COMMON, SCHED
 

@@ -2,18 +2,18 @@
 
 import json
 import math
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 
 import pytest
-
 from conftest import DAP_HVD, HOROVODRUN, _env, horovodrun, mpirun, run
-from dap_hvd.policy.schedule import Schedule, plan
+
 from dap_hvd.policy.policies import selection_digest
+from dap_hvd.policy.schedule import Schedule, plan
 
 pytestmark = pytest.mark.multirank
 SCHED = ["--epochs", "6", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "4", "--lr-steps", "4"]

@@ -12,7 +12,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import DAP_HVD, _env, horovodrun, run
 from test_train import COMMON, SCHED, short, summary, train
 
@@ -153,9 +152,9 @@ def test_export_gives_a_torchvision_backbone_with_the_runs_top1(tiny_data, tmp_p
     import torchvision
 
     from dap_hvd.data.catalog import load_catalog
-    from dap_hvd.engine import Precision, evaluate
     from dap_hvd.data.spec import LoaderSpec
     from dap_hvd.data.torch_loader import TorchLoader
+    from dap_hvd.engine import Precision, evaluate
 
     out = tmp_path / "r18"
     train(tiny_data, out, *short(1), "--model", "resnet18", "--loader", "torch", np_=1)

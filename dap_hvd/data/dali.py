@@ -27,9 +27,8 @@ import math
 from typing import Optional
 
 import numpy as np
-import torch
-
 import nvidia.dali.math as dmath
+import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dap_hvd.data.spec import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, Batch, BadSampleError, LoaderSpec
+from dap_hvd.data.spec import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, BadSampleError, Batch, LoaderSpec
 
 
 def _transform(spec: LoaderSpec):
