@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import socket
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -81,50 +80,46 @@ def broadcast_indices(indices: Optional[np.ndarray], name: str, root: int = 0) -
 
 @dataclass(frozen=True)
 class MergedLosses:
-    losses: np.ndarray  # float32, aligned with the (sorted) subset
-    seconds: float
+    losses: np.ndarray  # float32, aligned with the (sorted) subset: the sum of what the ranks recorded
+    counts: np.ndarray  # float32: how often each sample was recorded, over all ranks (1 when the shards are right)
     bytes_sent: int  # per rank, what this rank put on the wire (approximate for ring algorithms)
 
 
-def merge_losses(subset: np.ndarray, loss: torch.Tensor, count: torch.Tensor, *, method: str,
-                 epoch: int, world_size: int) -> MergedLosses:
-    """Global per-sample losses of `subset` on every rank, from each rank's partial ledger.
+def merge_losses(loss: torch.Tensor, count: torch.Tensor, *, method: str, epoch: int,
+                 world_size: int) -> MergedLosses:
+    """Sum every rank's partial ledger over the subset, on every rank (selection.merge_losses
+    checks the counts).
 
     allreduce: each rank holds dense [loss, count] vectors over the subset, zero where it saw
       nothing; one sum gives everyone everything. Wire cost ~2(w-1)/w * 8n bytes per rank.
     allgather: each rank sends (position, loss) for the samples it saw, as int64 + float32, so
       12 bytes per sample; a position is repeated as often as it was recorded, so a duplicate
       still shows up as a count of 2, without a third collective for the counts.
-    Either way a sample must have been seen exactly once across ranks (padding duplicates were
-    never recorded); anything else is a loader bug, and we stop rather than select on it.
     """
-    t0 = time.perf_counter()
     loss, count = loss.detach().float().cpu(), count.detach().float().cpu()
-    n = len(subset)
     if method == "allreduce":
         merged = allreduce_sum(torch.stack([loss, count]), name=f"merge.{epoch}")
-        losses, counts = merged[0].numpy(), merged[1].numpy()
         sent = int(2 * (world_size - 1) / max(world_size, 1) * merged.numel() * 4)
-    elif method == "allgather":
-        seen = torch.nonzero(count > 0).squeeze(1)
-        reps = count[seen].round().to(torch.int64)
-        mine = torch.repeat_interleave(seen.to(torch.int64), reps)
-        pos = allgather(mine, name=f"merge.{epoch}.idx")
-        val = allgather(torch.repeat_interleave(loss[seen] / count[seen], reps), name=f"merge.{epoch}.loss")
-        losses = np.zeros(n, dtype=np.float32)
-        counts = np.zeros(n, dtype=np.float32)
-        np.add.at(counts, pos.numpy(), 1.0)
-        np.add.at(losses, pos.numpy(), val.numpy())
-        sent = int(mine.numel() * 12)
-    else:
+        return MergedLosses(merged[0].numpy(), merged[1].numpy(), sent)
+    if method != "allgather":
         raise ValueError(f"unknown merge method {method!r}")
-    wrong = np.flatnonzero(counts != 1)
-    if len(wrong):
-        raise RuntimeError(
-            f"epoch {epoch}: {len(wrong)} sample(s) of the subset were recorded "
-            f"{sorted(set(counts[wrong].astype(int).tolist()))} times instead of once, e.g. global indices "
-            f"{subset[wrong[:10]].tolist()}; the loader did not deliver exactly the selected shard")
-    return MergedLosses(losses.astype(np.float32), time.perf_counter() - t0, sent)
+    seen = torch.nonzero(count > 0).squeeze(1)
+    reps = count[seen].round().to(torch.int64)
+    mine = torch.repeat_interleave(seen.to(torch.int64), reps)
+    pos = allgather(mine, name=f"merge.{epoch}.idx").numpy()
+    val = allgather(torch.repeat_interleave(loss[seen] / count[seen], reps), name=f"merge.{epoch}.loss").numpy()
+    losses, counts = np.zeros(len(loss), dtype=np.float32), np.zeros(len(loss), dtype=np.float32)
+    np.add.at(counts, pos, 1.0)
+    np.add.at(losses, pos, val)
+    return MergedLosses(losses, counts, int(mine.numel() * 12))
+
+
+def agree(problem: Optional[str], name: str) -> None:
+    """Rank 0's verdict for every rank: its `problem` (None: fine) raised as a DapError on every
+    rank at once, so a refusal never leaves the other ranks waiting in a later collective."""
+    verdict = broadcast_json({"error": problem}, name=name)
+    if verdict["error"]:
+        raise DapError(verdict["error"])
 
 
 def distributed_optimizer(optimizer, model: torch.nn.Module, fp16_allreduce: bool):
@@ -218,18 +213,14 @@ def check_same_dataset(what: str, digest: str, paths: tuple[str, ...]) -> None:
                     f"host and the first differing path); every rank must see the same files")
 
 
-def check_gpus_not_shared(uuid: str, local_size: int, count: int) -> None:
-    """Fail every rank if two ranks of one host landed on one GPU (devices.shared_gpu)."""
-    from dap_hvd.devices import shared_gpu
-
-    mine = json.dumps([socket.gethostname(), uuid]).encode()
+def allgather_json(obj, name: str) -> list:
+    """Every rank's JSON-able `obj`, in rank order, on every rank (small objects: <= 256 bytes)."""
+    mine = json.dumps(obj).encode()
+    if len(mine) > 256:
+        raise ValueError(f"{name}: {len(mine)} bytes, more than allgather_json's 256")
     buf = torch.zeros(256, dtype=torch.uint8)
     buf[:len(mine)] = torch.frombuffer(bytearray(mine), dtype=torch.uint8)
-    rows = gather_rows(buf, name="gpus").numpy()
-    placements = [tuple(json.loads(bytes(row).rstrip(b"\0").decode())) for row in rows]
-    problem = shared_gpu(placements, local_size, count)
-    if problem:
-        raise DapError(problem)
+    return [json.loads(bytes(row).rstrip(b"\0").decode()) for row in gather_rows(buf, name=name).numpy()]
 
 
 def gather_rows(t: torch.Tensor, name: str) -> torch.Tensor:

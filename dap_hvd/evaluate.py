@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -20,11 +21,38 @@ import torch
 
 from dap_hvd import DapError, dist
 from dap_hvd.checkpoint import list_checkpoints
-from dap_hvd.config import load_config
+from dap_hvd.config import TrainConfig, load_config
 from dap_hvd.data.catalog import load_catalog
-from dap_hvd.data.loaders import Loaders
+from dap_hvd.data.loaders import Loaders, spec_for
+from dap_hvd.data.sample_data import ensure_data
+from dap_hvd.data.sharding import shard_for_rank
+from dap_hvd.data.splits import ValSplit
+from dap_hvd.engine import Precision, evaluate
+from dap_hvd.hardware import choose_precision, decode_workers, pin_device
 from dap_hvd.models import build_classifier
-from dap_hvd.train import _pin_device, _precision, ensure_data, evaluate_split
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    top1: float
+    top5: float
+    samples: int
+
+
+def evaluate_split(cfg: TrainConfig, world: dist.World, model: torch.nn.Module, split: ValSplit,
+                   precision: Precision, loaders: Loaders, epoch: int) -> Accuracy:
+    """Top-1/top-5 over the split's usable samples: each rank scores its shard, and the counts
+    are summed, so every rank returns the same result."""
+    shard = shard_for_rank(split.usable, epoch=0, seed=cfg.seed, rank=world.rank, world=world.size,
+                           batch_size=cfg.data.batch_size)
+    spec = spec_for(cfg, split.cat, shard, train=False, seed=cfg.seed, precision=precision,
+                    workers=decode_workers(cfg, world, precision.device))
+    with loaders.reading(spec, split.cat, shard.indices, rank=world.rank, data_root=cfg.data_root,
+                         file_list=cfg.data.val_list) as loader:
+        counts = evaluate(model=model, loader=loader, class_of=split.class_of, precision=precision,
+                          batch_size=cfg.data.batch_size)
+    counts = dist.allreduce_sum(counts.cpu(), name=f"eval.{epoch}")
+    return Accuracy(float(counts[0] / counts[2]), float(counts[1] / counts[2]), int(counts[2]))
 
 
 def find_checkpoint(target: str) -> Path:
@@ -77,7 +105,7 @@ def main(target: str, overrides: dict, as_json: bool, comm=None) -> int:
     cfg = load_config(raw=meta["config"], overrides=overrides)
     world = dist.init(comm)
     try:
-        device = _pin_device(world)
+        device = pin_device(world)
         root = ensure_data(cfg, world)
         classes = tuple(meta["classes"])
         val_cat = load_catalog(root, "val", cfg.data.val_list).labelled_by(classes, str(path),
@@ -89,8 +117,8 @@ def main(target: str, overrides: dict, as_json: bool, comm=None) -> int:
         model = model.to(device)
         loaders = Loaders(cfg.data.loader)
         try:
-            acc = evaluate_split(cfg, world, meta["epoch"], model, val_cat, torch.from_numpy(val_cat.labels).to(device),
-                                 _precision(cfg, device), loaders, usable)
+            acc = evaluate_split(cfg, world, model, ValSplit.of(val_cat, device, usable), choose_precision(cfg, device),
+                                 loaders, meta["epoch"])
         finally:
             loaders.close()
         if world.is_root:

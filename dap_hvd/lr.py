@@ -11,6 +11,7 @@ boundary is expressed in steps:
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -33,12 +34,47 @@ class LRSchedule:
         return lr
 
 
+@dataclass(frozen=True)
+class StepGrid:
+    """The run's step grid, from the plan: where each epoch starts and how many steps it spans.
+
+    Exact plans give the real steps; where sizes depend on the scores (InfoBatch) the grid is the
+    plan's upper bound, and a shorter epoch walks its span faster (engine's step_scale), so the
+    decays fall at the same epochs. `planned_min`/`planned_max` are the samples per epoch the plan
+    promises (a step cap included); they are equal when the plan is exact."""
+
+    epoch_steps: tuple[int, ...]  # [e-1]: the steps of epoch e
+    full_epoch_steps: int  # an all-data epoch: the unit of --lr-warmup-epochs, for every policy
+    planned_min: tuple[int, ...]
+    planned_max: tuple[int, ...]
+
+    @classmethod
+    def from_plan(cls, sizes_max: list[int], sizes_min: list[int], num_samples: int, world_size: int,
+                  batch_size: int, max_steps: int = 0) -> "StepGrid":
+        """Each rank trains ceil(size / world) samples per epoch in batches of `batch_size`,
+        at most `max_steps` (0: no cap) steps."""
+        def steps(size: int) -> int:
+            n = math.ceil(math.ceil(size / world_size) / batch_size)
+            return min(n, max_steps) if max_steps else n
+
+        cap = max_steps * batch_size * world_size if max_steps else None
+        return cls(epoch_steps=tuple(steps(n) for n in sizes_max), full_epoch_steps=steps(num_samples),
+                   planned_min=tuple(n if cap is None else min(n, cap) for n in sizes_min),
+                   planned_max=tuple(n if cap is None else min(n, cap) for n in sizes_max))
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        """The global step at which each epoch starts; [-1] is the total."""
+        return (0, *itertools.accumulate(self.epoch_steps))
+
+    def start(self, epoch: int) -> int:
+        return sum(self.epoch_steps[:epoch - 1])
+
+
 def build_lr_schedule(*, base_lr: float, epoch_steps: list[int], warmup_epochs: float, full_epoch_steps: int,
                       lr_steps: tuple[int, ...], mode: str) -> LRSchedule:
     """`epoch_steps[e-1]` is the number of steps in epoch e (from the plan)."""
-    starts = [0]
-    for s in epoch_steps:
-        starts.append(starts[-1] + s)
+    starts = (0, *itertools.accumulate(epoch_steps))
     # The decay 'at epoch r' applies from the first step after epoch r, i.e. the start of r+1.
     decay = tuple(sorted(starts[r] for r in lr_steps if r < len(starts)))
     return LRSchedule(base_lr=base_lr, warmup_steps=int(round(warmup_epochs * full_epoch_steps)),

@@ -10,6 +10,7 @@ scraper has read the final values (at most `seconds`)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Callable, Optional
@@ -116,6 +117,28 @@ class Metrics:
         self.images_per_second.set(samples / max(seconds, 1e-9))
         self._live = _LiveCounts(self._clock())
 
+    def publish_epoch(self, record: dict, *, rank_samples: int, rank_seconds: float, num_samples: int,
+                      compute_ratio: float, scored: int, selected: bool, selection_bytes: int) -> None:
+        """An epoch's end: this rank's live counts made exact, then the epoch's record (the same
+        on every rank). `selected`: the epoch merged scores or dropped, so its selection time and
+        bytes are worth a histogram sample."""
+        self.epoch_done(samples=rank_samples, seconds=rank_seconds)
+        self.loss.set(record["train_loss"])
+        self.lr.set(record["lr"])
+        self.epoch.set(record["epoch"])
+        self.subset_size.set(record["subset"])
+        self.kept_fraction.set(record["subset"] / num_samples)
+        self.compute_ratio.set(compute_ratio)
+        self.weighted.set(record["weighted"])
+        self.amp_skipped_steps.inc(record["skipped_steps"])
+        self.scored.set(scored)
+        if selected:
+            self.selection_seconds.observe(record["selection_seconds"])
+            self.selection_bytes.inc(selection_bytes)
+        if record["top1"] is not None:
+            self.top1.set(record["top1"])
+            self.top5.set(record["top5"])
+
     def linger(self, seconds: float) -> None:
         """Keep serving after training until a scrape has read the final values, at most `seconds`.
         Nobody scraped during the run (no Prometheus watches it): no wait."""
@@ -138,6 +161,26 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def start(cfg, world, run_id: str, skipped: int) -> Metrics:
+    """This rank's metrics for a training run (`skipped`: bad samples excluded). The ports the
+    ranks serve them on (a taken one falls back to a free one) go into the launcher's targets file
+    (DAP_HVD_SD_FILE), so Prometheus scrapes the right ones."""
+    import torch
+
+    from dap_hvd import dist
+    from dap_hvd.discovery import record_ports
+
+    metrics = Metrics(rank=world.rank, local_rank=world.local_rank, run_id=run_id, port=cfg.metrics_port,
+                      host=cfg.metrics_host, pushgateway=cfg.pushgateway, strategy=cfg.strategy)
+    metrics.skipped.inc(skipped)
+    if cfg.metrics_port:
+        ports = dist.allgather(torch.tensor([metrics.port], dtype=torch.int64), name="metrics.ports").tolist()
+        sd_file = os.environ.get("DAP_HVD_SD_FILE")
+        if world.is_root and sd_file and record_ports(sd_file, ports) is None:
+            log.warning("metrics ports %s not recorded in %s: missing, or not one target per rank", ports, sd_file)
+    return metrics
 
 
 class _LiveCounts:

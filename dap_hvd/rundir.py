@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Optional
 
 from dap_hvd import DapError
-from dap_hvd.checkpoint import list_checkpoints
+from dap_hvd.checkpoint import list_checkpoints, remove_stale_temps
+from dap_hvd.files import write_atomic
 
 LOCK_NAME = ".lock"
 # What `dap-hvd train` writes into a run folder; a folder holding only these is the trainer's own.
@@ -178,3 +180,91 @@ def archive(run_dir: Path) -> Optional[Path]:
         if entry.name != LOCK_NAME:
             os.replace(entry.path, dest / entry.name)
     return dest
+
+
+# ---------------------------------------------------------------------------- the job's files and logs
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or a scheduler's SIGTERM, with the newest checkpoint on disk (the one --resume
+    continues), not the epoch that was running or being saved."""
+
+    def __init__(self, epoch: int, checkpoint: Optional[Path] = None):
+        super().__init__(epoch)
+        self.epoch, self.checkpoint = epoch, checkpoint
+
+
+@dataclass
+class RunLog:
+    """Where fatal errors go besides stderr: the run's train.log, once this run owns the folder."""
+
+    rank: int
+    path: Optional[Path] = None
+    lock: Optional[RunLock] = None  # rank 0: the run folder's, for the job's whole life
+
+    def fatal(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+        if self.path is None:
+            return
+        line = f"{time.strftime('%H:%M:%S')} [rank {self.rank}] ERROR {message}\n"
+        try:  # one append per line: ranks may share the file
+            with open(self.path, "a") as f:
+                f.write(line)
+        except OSError:
+            pass
+
+
+_FORMAT = "%(asctime)s [rank %(rank)s] %(levelname)s %(message)s"
+
+
+def setup_logging(rank: int) -> None:
+    """The "dap_hvd" logger: every line names its rank. Rank 0 tells the story; the other ranks
+    speak only for warnings."""
+    logger = logging.getLogger("dap_hvd")
+    logger.handlers.clear()
+    logger.filters.clear()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    def add_rank(record: logging.LogRecord) -> bool:
+        record.rank = rank
+        return True
+
+    logger.addFilter(add_rank)
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+    out.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logger.addHandler(out)
+
+
+def log_to_file(run_dir: Path) -> None:
+    """Rank 0, once the run owns its folder: the log also goes to RUN_DIR/train.log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(run_dir / "train.log")
+    fh.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+    logging.getLogger("dap_hvd").addHandler(fh)
+
+
+def write_config(run_dir: Path, resolved: dict) -> None:
+    """RUN_DIR/config.yaml: the resolved config (TrainConfig.resolved), so the file says what ran
+    and `--resume RUN_DIR` or `dap-hvd evaluate RUN_DIR` read it back as it was."""
+    import yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(dict(resolved, out=str(run_dir)), sort_keys=False).encode())
+
+
+def write_json(path: Path, obj) -> None:
+    """summary.json and the caches: replaced whole, never seen half-written."""
+    write_atomic(path, json.dumps(obj, indent=1).encode())
+
+
+def take(run_dir: Path, fresh: bool) -> None:
+    """Rank 0, once start-up worked: an earlier run moves aside, the log goes to the folder too."""
+    moved = archive(run_dir) if fresh else None
+    log_to_file(run_dir)
+    if moved:
+        log.warning("%s held an earlier run; moved it to %s (use --resume to continue a run)", run_dir, moved)
+    stale = remove_stale_temps(run_dir)
+    if stale:
+        log.warning("removed %d temporary file(s) a killed checkpoint save left in %s", len(stale),
+                    run_dir / "checkpoints")

@@ -5,7 +5,7 @@ valid header followed by garbage, before it reports an error. Even when it repor
 process memory can already be damaged, so a later step (the scan that names the file, or a
 destructor) can crash. Nothing in-process can catch that. So `dap-hvd train` and `dap-hvd
 evaluate` run the real work in a child process. Before it builds each loader, the child leaves a
-note of what it is about to read (`note_loader`). If the child dies by a signal, this parent
+note of what it is about to read (crashnote.py). If the child dies by a signal, this parent
 scans the files of that note with PIL and prints the error naming the file and the rank.
 
 The parent imports neither torch nor Horovod, and forwards SIGINT/SIGTERM to the child. It
@@ -15,42 +15,23 @@ DAP_HVD_SUPERVISE=0.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from dap_hvd import notice
-from dap_hvd.files import write_atomic
+from dap_hvd import crashnote, notice
 
-_NOTE = "DAP_HVD_LOADER_NOTE"
 _WORKER = "DAP_HVD_WORKER"
 
 
 def wanted(argv: list[str]) -> bool:
     return (os.environ.get(_WORKER) is None and os.environ.get("DAP_HVD_SUPERVISE", "1") != "0"
             and "--mpi" not in argv)
-
-
-def note_loader(root: str, split: str, file_list: Optional[str], indices: np.ndarray) -> None:
-    """Child side: record the shard a loader is about to read (a no-op when unsupervised). One
-    file, renamed into place: a crash mid-write never pairs one split's indices with another's
-    catalog."""
-    path = os.environ.get(_NOTE)
-    if not path:
-        return
-    buf = io.BytesIO()
-    np.savez(buf, indices=np.asarray(indices, dtype=np.int64),
-             info=np.array(json.dumps(dict(root=str(root), split=split, file_list=file_list))))
-    write_atomic(Path(path), buf.getvalue())
 
 
 def _die_with_parent() -> None:
@@ -73,7 +54,7 @@ def run(argv: list[str], command: str) -> int:
     """Run `dap-hvd ARGV` as a child; return its exit code, explaining a crash."""
     with tempfile.TemporaryDirectory(prefix="dap-hvd-") as tmp:
         note = os.path.join(tmp, "loader.npz")
-        env = dict(os.environ, **{_WORKER: "1", _NOTE: note})
+        env = dict(os.environ, **{_WORKER: "1", crashnote.ENV: note})
         child = subprocess.Popen([sys.executable, "-m", "dap_hvd", *argv], env=env, preexec_fn=_die_with_parent)
 
         def forward(signum, _frame):
@@ -120,11 +101,10 @@ def _explain(sig: int, note: str) -> Crash:
     from dap_hvd.data.catalog import load_catalog
     from dap_hvd.data.verify import describe_bad
 
-    with np.load(note) as saved:
-        info, indices = json.loads(str(saved["info"])), saved["indices"]
-    cat = load_catalog(info["root"], info["split"], info["file_list"])
-    bad = describe_bad(cat.files(np.unique(indices)))
+    info = crashnote.read(note)
+    cat = load_catalog(info.root, info.split, info.file_list)
+    bad = describe_bad(cat.files(np.unique(info.indices)))
     if bad:
         return Crash(f"the data loader crashed ({name}): {bad}", True)
-    return Crash(f"the trainer crashed ({name}) while reading the {info['split']} split of {info['root']}; every "
+    return Crash(f"the trainer crashed ({name}) while reading the {info.split} split of {info.root}; every "
                  f"file of this rank's shard decodes with PIL, so this looks like a bug: please report it", False)

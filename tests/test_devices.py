@@ -12,7 +12,7 @@ from conftest import REPO
 from dap_hvd import affinity
 from dap_hvd.affinity import Topology, format_cpulist, parse_cpulist, plan
 from dap_hvd.config import load_config
-from dap_hvd.devices import gpu_index, jpeg_decoder, shared_gpu
+from dap_hvd.hardware import gpu_index, jpeg_decoder, shared_gpu
 
 # Recorded topologies: the "CPU Affinity" column of `nvidia-smi topo -m` (NVML's
 # nvmlDeviceGetCpuAffinity) for GPUs 0-7, and the hyperthread pairs of the node's CPUs.
@@ -61,14 +61,14 @@ def test_two_ranks_of_one_host_on_one_gpu_are_refused_naming_the_counts():
 def test_sync_bn_turns_channels_last_off_on_gpu(caplog):
     import torch
 
-    from dap_hvd.train import _precision
+    from dap_hvd.hardware import choose_precision
 
     cuda = torch.device("cuda", 0)  # only its type is read: no GPU needed
-    assert _precision(load_config(None, {}), cuda).channels_last  # auto: on, on a GPU
+    assert choose_precision(load_config(None, {}), cuda).channels_last  # auto: on, on a GPU
     with caplog.at_level(logging.WARNING, logger="dap_hvd"):
-        p = _precision(load_config(None, {"sync_bn": True, "channels_last": "on"}), cuda)
+        p = choose_precision(load_config(None, {"sync_bn": True, "channels_last": "on"}), cuda)
     assert not p.channels_last and "SyncBatchNorm" in caplog.text
-    assert not _precision(load_config(None, {"sync_bn": True}), cuda).channels_last
+    assert not choose_precision(load_config(None, {"sync_bn": True}), cuda).channels_last
 
 
 def test_fp16_amp_with_fp16_allreduce_is_refused():

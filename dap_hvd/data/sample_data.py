@@ -40,7 +40,8 @@ class SampleSpec:
         if not 2 <= self.num_classes <= 4 * len(SHAPES):
             raise ConfigError(f"--classes: must be in 2..{4 * len(SHAPES)}, got {self.num_classes}")
         if self.redundancy < 1 or self.train_per_class < self.redundancy:
-            raise ConfigError(f"--redundancy: must be in 1..train_per_class ({self.train_per_class}), got {self.redundancy}")
+            raise ConfigError(f"--redundancy: must be in 1..train_per_class ({self.train_per_class}), "
+                              f"got {self.redundancy}")
         if not 0 <= self.hard_fraction <= 1:
             raise ConfigError(f"--hard-fraction: must be in [0, 1], got {self.hard_fraction}")
         if self.image_size < 16:
@@ -83,7 +84,8 @@ def _draw_shape(draw, shape: str, cx: float, cy: float, r: float, fill, width: i
         draw.rectangle([cx - r, cy - r / 3, cx + r, cy + r / 3], fill=fill)
     elif shape == "dots":
         for dx, dy in ((-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5)):
-            draw.ellipse([cx + dx * r - r / 3, cy + dy * r - r / 3, cx + dx * r + r / 3, cy + dy * r + r / 3], fill=fill)
+            x, y = cx + dx * r, cy + dy * r
+            draw.ellipse([x - r / 3, y - r / 3, x + r / 3, y + r / 3], fill=fill)
     elif shape == "frame":
         draw.rectangle(box, outline=fill, width=width)
 
@@ -171,3 +173,15 @@ def _write_tree(tmp: Path, spec: SampleSpec) -> None:
                     (cls_dir / f"{split}_{c:03d}_{d:05d}_{k:02d}.jpg").write_bytes(data)
                     written += 1
     (tmp / "sample-spec.json").write_text(json.dumps(asdict(spec), indent=1, sort_keys=True))
+
+
+def ensure_data(cfg, world) -> Path:
+    """The run's data root. Without --data, the embedded sample set, generated once per node (by
+    its local rank 0) on first use; the other ranks wait for it."""
+    if cfg.data.root is None:
+        if world.local_rank == 0:
+            make_sample_data(cfg.data_root)
+        from dap_hvd import dist
+
+        dist.barrier()
+    return cfg.data_root

@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
+from dap_hvd import DataError
 from dap_hvd.data.catalog import IMAGE_EXTENSIONS, parse_file_list
+from dap_hvd.files import write_atomic
 
 
 def check_image(path: str) -> Optional[str]:
@@ -124,3 +128,71 @@ def verify_data(root: str, splits=("train", "val"), file_list: Optional[str] = N
     report.checked = len(full) + len(report.bad_files)
     report.bad_files += find_bad(full, workers=workers)
     return report
+
+
+def explain_bad_data(e: Exception, rank: int, cat, indices: np.ndarray) -> DataError:
+    """A loader's failure on this rank's shard as one DataError that names the file when it can:
+    from the loader's tag, else by checking the shard's files with PIL."""
+    from dap_hvd.data.spec import BadSampleError
+
+    if isinstance(e, BadSampleError) and e.tag is not None:
+        idx = e.tag if e.tag >= 0 else -e.tag - 1
+        return DataError(f"rank {rank}: cannot decode {cat.files([idx])[0]}: {e.reason}; {BAD_DATA_HINT}")
+    bad = describe_bad(cat.files(np.unique(indices)))
+    err = DataError(f"rank {rank}: {bad}" if bad else f"rank {rank}: the data loader failed: {e}")
+    err.unclean = bool(getattr(e, "broken", False))
+    return err
+
+
+def exclude_bad_samples(cat, digest: str, world, split: str, workers: int) -> np.ndarray:
+    """--on-bad-sample skip: every rank checks its share of files; the union is excluded (sorted
+    global indices, the same on every rank). The result is cached under DAP_HVD_CACHE, keyed by
+    the catalog's digest, so a resume (or the next run on the same files) does not decode the
+    whole dataset again."""
+    import json
+    import logging
+
+    import torch
+
+    from dap_hvd import dist
+
+    log = logging.getLogger("dap_hvd")
+    cache = scan_cache(cat, digest)
+    cached = None
+    if world.is_root and cache.is_file():
+        try:
+            cached = json.loads(cache.read_text())["bad"]
+        except (OSError, ValueError, KeyError):
+            cached = None
+    cached = dist.broadcast_json(cached, name=f"bad_samples.{split}.cached")
+    if cached is not None:
+        bad = np.asarray(cached, dtype=np.int64)
+        if world.is_root:
+            log.info("--on-bad-sample skip: %d bad %s sample(s), from the scan cached in %s", len(bad), split, cache)
+    else:
+        mine = np.arange(world.rank, len(cat), world.size, dtype=np.int64)
+        files = cat.files(mine)
+        bad_paths = {p for p, _ in find_bad(files, workers=workers)}
+        found = np.array([i for i, p in zip(mine, files) if p in bad_paths], dtype=np.int64)
+        bad = np.sort(dist.allgather(torch.from_numpy(found), name=f"bad_samples.{split}").numpy())
+        if world.is_root:
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(cache, json.dumps({"root": str(cat.root), "bad": bad.tolist()}, indent=1).encode())
+            except OSError:
+                pass  # a read-only cache only costs a rescan next time
+    if world.is_root:
+        for i in bad:
+            log.warning("skipping bad %s sample %s", split, cat.files([i])[0])
+    return bad
+
+
+def scan_cache(cat, digest: str) -> Path:
+    """Keyed by the folder and its catalog (paths, labels), not by file contents: a file replaced in
+    place under the same name keeps its verdict (`dap-hvd verify-data` checks contents)."""
+    import hashlib
+
+    from dap_hvd.data.catalog import cache_root
+
+    key = hashlib.sha256(f"{cat.root}\n{digest}".encode()).hexdigest()
+    return cache_root() / "bad-scans" / f"{key}.json"

@@ -152,6 +152,13 @@ class DapState:
     t_start: int
     t_prev: int
 
+    def to_dict(self) -> dict:
+        return dict(t_start=self.t_start, t_prev=self.t_prev)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DapState":
+        return cls(t_start=int(d["t_start"]), t_prev=int(d["t_prev"]))
+
 
 def initial_state(schedule: Schedule) -> DapState:
     return DapState(t_start=schedule.warmup, t_prev=schedule.warmup)
