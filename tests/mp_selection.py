@@ -16,8 +16,9 @@ import torch
 from dap_hvd import DivergedError, dist
 from dap_hvd.data.sharding import shard_for_rank
 from dap_hvd.ledger import LossLedger
-from dap_hvd.policy.policies import check_finite, drop_keep, select_hardest, selection_digest, tie_break_rng
+from dap_hvd.policy.policies import drop_keep, select_hardest, selection_digest, tie_break_rng
 from dap_hvd.policy.schedule import keep_count
+from dap_hvd.selection import merge_losses
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--subset-size", type=int, default=1001)
@@ -43,8 +44,7 @@ for start in range(0, len(shard.indices), 16):  # batch by batch, like the engin
 
 status = "ok"
 try:
-    merged = dist.merge_losses(subset, ledger.loss, ledger.count, method=a.method, epoch=4, world_size=world.size)
-    check_finite(subset, merged.losses, 4)
+    merged = merge_losses(subset, ledger, method=a.method, epoch=4, world_size=world.size)  # checks counts, finite
     count = keep_count(a.subset_size, 0.9)
     chosen = drop_keep(a.strategy, subset, merged.losses, count, seed=9, epoch=4) \
         if world.is_root else None

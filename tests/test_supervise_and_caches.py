@@ -46,7 +46,7 @@ def test_a_failure_while_explaining_a_crash_still_ends_in_one_line(data_copy, tm
 def test_json_sidecars_survive_concurrent_writers(tmp_path):
     """Two writers of one summary/scan file (two jobs sharing DAP_HVD_CACHE): each write lands
     whole; with one fixed temp name, one writer renamed the other's half-written file away."""
-    from dap_hvd.train import _write_json
+    from dap_hvd.rundir import write_json as _write_json
 
     path, errors = tmp_path / "scan.json", []
 
