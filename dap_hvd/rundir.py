@@ -268,3 +268,24 @@ def take(run_dir: Path, fresh: bool) -> None:
     if stale:
         log.warning("removed %d temporary file(s) a killed checkpoint save left in %s", len(stale),
                     run_dir / "checkpoints")
+
+
+def interrupted(run_dir: Path) -> str:
+    """Rank 0's line for an interrupted run. From the files, not from the exception: a peer's
+    SIGKILL can bring a second SIGTERM (the launcher's, the supervisor's) that lands outside the
+    loop's handler."""
+    done = newest_checkpoint(run_dir)
+    if not done:
+        return "interrupted before the first epoch ended; nothing was checkpointed"
+    return (f"interrupted after epoch {done.epoch} (newest checkpoint: {done.path}); "
+            f"resume with: dap-hvd train --resume {run_dir}")
+
+
+def resume_hint(run_dir: Path, is_root: bool) -> str:
+    """Where a failed job can continue from. Rank 0 writes the checkpoints, so it alone can say
+    which is the newest (or that none is)."""
+    if not is_root:
+        return f"the last checkpoint is in {run_dir}, continue with --resume {run_dir}"
+    done = newest_checkpoint(run_dir)
+    return (f"the newest checkpoint is epoch {done.epoch}; continue with --resume {run_dir}" if done
+            else "nothing was checkpointed")
