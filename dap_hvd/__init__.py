@@ -27,8 +27,3 @@ class DataError(DapError):
 
 class DivergedError(DapError):
     """Non-finite training losses: the run has diverged."""
-
-
-def first_line(exc: BaseException) -> str:  # TEMP (#24 story): engine branch's version wins
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -241,16 +241,6 @@ class TrainConfig:
     def data_root(self) -> Path:
         return Path(self.data.root) if self.data.root else default_sample_root()
 
-    def resolved(self, base_lr: float) -> dict:  # TEMP (#24 story): the policy branch's version wins
-        d = self.to_dict()
-        d["resume"] = d["stop_after"] = None
-        d["model"] = self.model_name
-        d["policy"] = self.policy_params
-        d["schedule"] = self.used_schedule()
-        d["data"].update(image_size=self.image_size, val_resize=self.val_resize, min_crop_area=self.min_crop_area)
-        d["optim"].update(lr=base_lr, lr_steps=list(self.lr_steps), lr_warmup_epochs=self.lr_warmup_epochs)
-        return d
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["schedule"] = self.schedule.to_dict()
