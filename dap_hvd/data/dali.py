@@ -33,6 +33,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from dap_hvd.data.spec import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, Batch, LoaderError, LoaderSpec
+from dap_hvd.rng import stream as rng_stream
 
 _MEAN = [255 * m for m in IMAGENET_MEAN]
 _STD = [255 * s for s in IMAGENET_STD]
@@ -44,7 +45,7 @@ _DRAWS = 11
 def _draws(spec: LoaderSpec) -> np.ndarray:
     """float32 [n, _DRAWS]: every random choice of this epoch, a function of the spec's seed."""
     n = len(spec.files)
-    rng = np.random.default_rng([spec.seed, 0xDA11])
+    rng = rng_stream("augment", spec.seed)
     d = np.zeros((n, _DRAWS), dtype=np.float32)
     d[:, 0] = rng.uniform(spec.min_area, 1.0, n)
     d[:, 1] = np.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3), n))

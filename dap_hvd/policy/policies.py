@@ -2,9 +2,9 @@
 
 After each epoch a policy sees the score table, the current subset, the epoch, the seed and its
 parameters, and returns a Step: the next Selection (sorted global indices, plus per-sample loss
-weights where the policy reweights) and its own small state. Randomness comes from generators
-seeded by (seed, epoch, policy tag), so a resumed run draws exactly what the uninterrupted run
-drew, and the checkpoint needs no RNG blob.
+weights where the policy reweights) and its own small state. Randomness comes from the named
+streams of dap_hvd.rng, keyed by (seed, epoch), so a resumed run draws exactly what the
+uninterrupted run drew, and the checkpoint needs no RNG blob.
 
   dap        the paper: every I epochs keep the fraction p of the subset with the highest loss
   random     DaP's schedule with a uniform random keep (the paper's Table 2(f) ablation)
@@ -34,6 +34,7 @@ import numpy as np
 from dap_hvd import ConfigError, DivergedError
 from dap_hvd.policy.schedule import DROP, PICK, DapState, EpochPlan, Plan, Schedule, decide, initial_state, keep_count
 from dap_hvd.policy.schedule import plan as plan_schedule
+from dap_hvd.rng import stream
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def select_hardest(indices: np.ndarray, losses: np.ndarray, count: int,
 
 def tie_break_rng(seed: int, epoch: int) -> np.random.Generator:
     """The generator DaP draws its threshold tie-break from: a resumed run draws the same."""
-    return np.random.default_rng([seed, epoch, 0x71E])
+    return stream("tie-break", seed, epoch)
 
 
 def check_finite(indices: np.ndarray, losses: np.ndarray, epoch: int) -> None:
@@ -102,7 +103,7 @@ def drop_keep(rule: str, indices: np.ndarray, losses: Optional[np.ndarray], coun
         check_finite(indices, losses, epoch)
         return select_hardest(indices, losses, count, rng=tie_break_rng(seed, epoch))
     if rule == "random":
-        rng = np.random.default_rng([seed, epoch, 0xD0])
+        rng = stream("random-keep", seed, epoch)
         return np.sort(np.asarray(indices, dtype=np.int64)[rng.choice(len(indices), size=count, replace=False)])
     return np.asarray(indices, dtype=np.int64)
 
@@ -244,7 +245,7 @@ class InfoBatch:
         if not scored.any():
             return Step(_all(universe), None, "full")
         below = scored & (scores < scores[scored].mean(dtype=np.float64))
-        rng = np.random.default_rng([ctx.seed, nxt, 0x1B])
+        rng = stream("infobatch", ctx.seed, nxt)
         keep = ~(below & (rng.random(len(universe)) < self.prune_ratio))
         weights = np.where(below[keep], 1.0 / (1.0 - self.prune_ratio), 1.0).astype(np.float32)
         return Step(Selection(universe[keep], weights), None, "prune")
@@ -317,7 +318,7 @@ class RS2:
         order = None
         taken = np.zeros(n, dtype=bool)
         for k in range(k0, (end - 1) // n + 1):
-            raw = np.random.default_rng([seed, k, 0x52]).permutation(n)
+            raw = stream("rs2", seed, k).permutation(n)
             t = (k * n) % m  # samples of pass k-1 in the epoch that straddles the start of pass k
             if k > k0 and t:
                 taken[order[n - t:]] = True
@@ -488,7 +489,7 @@ class SeTa:
     def draw(self, universe: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         """Epoch `epoch`'s uniform random floor((1-r) N), as positions into `universe`, in their
         random order."""
-        rng = np.random.default_rng([seed, epoch, 0x5E7A])
+        rng = stream("seta", seed, epoch)
         return rng.permutation(len(universe))[:self.draw_count(len(universe))]
 
     def choose(self, universe: np.ndarray, scores: np.ndarray, seed: int, epoch: int) -> Selection:
