@@ -69,11 +69,11 @@ def cmd_plan(a: argparse.Namespace) -> int:
         print(json.dumps(d, indent=1))
         return 0
     s = p.schedule
-    if p.policy in ("dap", "random"):
+    if s is not None:  # dap and random: DaP's schedule
         what = (f"E={s.epochs} W={s.warmup} I={s.interval} p={s.keep} alpha={s.active or 'unlimited'} "
                 f"R={','.join(map(str, s.reuse)) or '-'}")
     else:
-        what = " ".join([f"E={s.epochs}"] + [f"{k}={v}" for k, v in p.params.items()])
+        what = " ".join([f"E={p.num_epochs}"] + [f"{k}={v}" for k, v in p.params.items()])
     print(f"{p.policy}: {what}" + (f" N={p.num_samples}" if p.num_samples else "")
           + f"; LR x0.1 after {','.join(map(str, lr_steps)) or '-'}")
     if preset.scaled:
@@ -83,7 +83,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     for e in p.epochs:
         fraction = f"{e.fraction:.4f}" if e.exact else f"{e.low_fraction:.4f}..{e.fraction:.4f}"
         size = "-" if e.size is None else (str(e.size) if e.exact else f"{e.low_size}..{e.size}")
-        print(f"{e.epoch:>5}  {fraction:>15}  {size:>17}  {e.event:<7} {e.after}")
+        print(f"{e.epoch:>5}  {fraction:>15}  {size:>17}  {e.event:<7} {e.action}")
     if p.exact:
         print(f"compute ratio: {p.compute_ratio:.4f} ({p.compute_ratio:.1%} of full-data training)")
     elif p.nominal_ratio is not None:

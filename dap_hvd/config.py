@@ -544,7 +544,7 @@ def _validate(problems: list, d: Optional[DataConfig], o: Optional[OptimConfig],
         # A capped epoch trains only part of the subset, so a loss-driven selection would rank
         # samples it never saw. Refused rather than silently selecting among a part.
         if policy is not None:
-            check(top.max_steps_per_epoch is None or not policy.uses_scores, None,
+            check(top.max_steps_per_epoch is None or not policy.ranks_by_loss, None,
                   "max_steps_per_epoch", f"cannot be combined with --strategy {top.strategy}, which ranks samples "
                   f"by their losses; a capped epoch sees only part of the subset (use --strategy random, rs2 or "
                   f"full to debug with capped epochs)")

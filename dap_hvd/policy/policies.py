@@ -17,8 +17,8 @@ uninterrupted run drew, and the checkpoint needs no RNG blob.
              a window of the groups sliding from easy to hard; the last (1-delta) of the epochs
              train a random (1-r) of the data
 
-The trainer is the thin stateful shell: it records losses when `needs_scores` says so, merges
-them into the score table, and calls `select` on rank 0.
+The trainer is the thin stateful shell: it records losses when `reads_losses` says the next step
+reads them, merges them into the score table, and calls `select` on rank 0.
 """
 
 from __future__ import annotations
@@ -27,12 +27,23 @@ import hashlib
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Callable, NamedTuple, Optional, Protocol
+from typing import Callable, ClassVar, NamedTuple, Optional, Protocol
 
 import numpy as np
 
 from dap_hvd import ConfigError, DivergedError
-from dap_hvd.policy.schedule import DROP, PICK, DapState, EpochPlan, Plan, Schedule, decide, initial_state, keep_count
+from dap_hvd.policy.schedule import (
+    DROP,
+    PICK,
+    DapState,
+    EpochPlan,
+    Plan,
+    Schedule,
+    check_num_samples,
+    decide,
+    initial_state,
+    keep_count,
+)
 from dap_hvd.policy.schedule import plan as plan_schedule
 from dap_hvd.rng import stream
 
@@ -108,6 +119,20 @@ def drop_keep(rule: str, indices: np.ndarray, losses: Optional[np.ndarray], coun
     return np.asarray(indices, dtype=np.int64)
 
 
+# A policy's own state between epochs, checkpointed with the run and broadcast with each step:
+# DaP's (T_start, T_prev), or None for the policies whose draws are functions of (seed, epoch).
+PolicyState = Optional[DapState]
+
+
+def state_to_dict(state: PolicyState) -> Optional[dict]:
+    """The checkpoint's and the broadcast's form of a policy state (None stays None)."""
+    return None if state is None else state.to_dict()
+
+
+def state_from_dict(d: Optional[dict]) -> PolicyState:
+    return None if d is None else DapState.from_dict(d)
+
+
 @dataclass(frozen=True)
 class Context:
     """What a policy sees after training `epoch` (1-based)."""
@@ -117,24 +142,25 @@ class Context:
     current: Selection  # what `epoch` trained on
     scores: np.ndarray  # the score table's losses, by global index (NaN: never scored)
     seed: int
-    state: Optional[DapState]  # the policy's own state (DaP's T_start, T_prev), None for the others
+    state: PolicyState  # the policy's own state (DaP's T_start, T_prev), None for the others
     final: bool = False  # nothing trains after this epoch in this run (unless it is extended)
 
 
 @dataclass(frozen=True)
 class Step:
     selection: Selection  # for the next epoch
-    state: Optional[DapState]
+    state: PolicyState
     action: str  # what happened, for the history: drop | pick | stay | prune | full | draw | end
 
 
 class Policy(Protocol):
     name: str
-    uses_scores: bool  # whether it ranks samples by loss (a capped epoch would rank unseen ones)
+    ranks_by_loss: bool  # its selection orders samples by loss (a capped epoch would rank unseen ones)
 
     def first(self, universe: np.ndarray, seed: int) -> Selection: ...
-    def initial_state(self) -> Optional[DapState]: ...
-    def needs_scores(self, epoch: int, state: Optional[DapState]) -> bool: ...
+    def first_state(self) -> PolicyState: ...
+    # whether the step after `epoch` reads that epoch's losses (the trainer records them only then)
+    def reads_losses(self, epoch: int, state: PolicyState) -> bool: ...
     def select(self, ctx: Context) -> Step: ...
     def plan(self, num_samples: Optional[int]) -> Plan: ...
     # Optional: `extension_note(done, planned) -> Optional[str]`, what extending a run planned for
@@ -146,25 +172,25 @@ def _all(universe: np.ndarray) -> Selection:
 
 
 @dataclass(frozen=True)
-class DropSchedule:
-    """DaP's schedule (Algorithm 1), with the keep rule as a parameter: `hardest` is the paper's
-    policy (`dap`), `random` its Table 2(f) ablation, and keep=1 is full data (`full`)."""
+class DropAndPick:
+    """DaP's schedule (Algorithm 1), with the keep rule at a drop as a parameter: `dap` keeps the
+    hardest (the paper's policy), `random` a uniform draw (its Table 2(f) ablation)."""
 
     schedule: Schedule
-    name: str = "dap"
+    name: str = "dap"  # the keep rule: dap | random
 
     @property
-    def uses_scores(self) -> bool:
+    def ranks_by_loss(self) -> bool:
         return self.name == "dap"
 
     def first(self, universe, seed):
         return _all(universe)
 
-    def initial_state(self):
+    def first_state(self):
         return initial_state(self.schedule)
 
-    def needs_scores(self, epoch, state):
-        return self.uses_scores and decide(self.schedule, state, epoch).action == DROP
+    def reads_losses(self, epoch, state):
+        return self.ranks_by_loss and decide(self.schedule, state, epoch).action == DROP
 
     def select(self, ctx):
         # Also after the final epoch: the selection saved with it is what a run extended with a
@@ -172,20 +198,47 @@ class DropSchedule:
         decision = decide(self.schedule, ctx.state, ctx.epoch)
         if decision.action == PICK:
             return Step(_all(ctx.universe), decision.state, PICK)
-        if decision.action != DROP or self.name == "full":  # full data never drops: it stays
-            return Step(ctx.current, decision.state, decision.action if decision.action != DROP else "stay")
+        if decision.action != DROP:
+            return Step(ctx.current, decision.state, decision.action)
         current = ctx.current.indices
         kept = drop_keep(self.name, current, ctx.scores[current] if self.name == "dap" else None,
                          keep_count(len(current), self.schedule.keep), seed=ctx.seed, epoch=ctx.epoch)
         return Step(Selection(kept), decision.state, DROP)
 
     def plan(self, num_samples):
-        sched = self.schedule if self.name != "full" else replace(self.schedule, keep=1.0)
-        p = plan_schedule(sched, num_samples)
-        if self.name == "full":
-            rows = tuple(replace(e, event="full", after="stay" if e.after == DROP else e.after) for e in p.epochs)
-            return replace(p, epochs=rows, policy="full", params={})
-        return replace(p, policy=self.name, params=self.schedule.to_dict())
+        return replace(plan_schedule(self.schedule, num_samples), policy=self.name, params=self.schedule.to_dict())
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
+
+
+@dataclass(frozen=True)
+class FullData:
+    """All data, every epoch: the baseline every policy's compute ratio is measured against."""
+
+    epochs: int
+    name: str = "full"
+    ranks_by_loss: ClassVar[bool] = False
+
+    def first(self, universe, seed):
+        return _all(universe)
+
+    def first_state(self):
+        return None
+
+    def reads_losses(self, epoch, state):
+        return False
+
+    def select(self, ctx):
+        return Step(ctx.current, None, "stay")
+
+    def plan(self, num_samples):
+        check_num_samples(num_samples)
+        rows = tuple(EpochPlan(e, 1.0, num_samples, "full", "stay") for e in range(1, self.epochs + 1))
+        return Plan(self.epochs, num_samples, rows, policy=self.name, params={})
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
 
 
 def _check_ratio(value, name: str, flag: str, low_open: bool = True, high_open: bool = True) -> float:
@@ -209,7 +262,7 @@ class InfoBatch:
     prune_ratio: float = 0.5
     anneal: float = 0.875
     name: str = "infobatch"
-    uses_scores: bool = True
+    ranks_by_loss: ClassVar[bool] = True
 
     def __post_init__(self):
         problems = []  # both parameters checked, so one error names every bad one
@@ -229,11 +282,14 @@ class InfoBatch:
     def first(self, universe, seed):
         return _all(universe)
 
-    def initial_state(self):
+    def first_state(self):
         return None
 
-    def needs_scores(self, epoch, state):
+    def reads_losses(self, epoch, state):
         return epoch + 1 <= self.prune_epochs  # the next epoch prunes on these scores
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
 
     def select(self, ctx):
         nxt = ctx.epoch + 1
@@ -275,7 +331,7 @@ class InfoBatch:
             low_size = None if num_samples is None else min(num_samples, math.ceil((1 - r) * num_samples + r))
             low = (1 - r) if num_samples is None else low_size / num_samples
             rows.append(EpochPlan(e, 1.0, num_samples, "prune", after, min_fraction=low, min_size=low_size))
-        return Plan(_length(self.epochs), num_samples, tuple(rows), policy=self.name,
+        return Plan(self.epochs, num_samples, tuple(rows), policy=self.name,
                     params=dict(prune_ratio=self.prune_ratio, anneal=self.anneal, prune_epochs=self.prune_epochs))
 
 
@@ -294,7 +350,7 @@ class RS2:
     epochs: int
     fraction: float = 0.5
     name: str = "rs2"
-    uses_scores: bool = False
+    ranks_by_loss: ClassVar[bool] = False
 
     def __post_init__(self):
         object.__setattr__(self, "fraction", _check_ratio(self.fraction, "fraction", "--fraction", high_open=False))
@@ -337,11 +393,14 @@ class RS2:
     def first(self, universe, seed):
         return self.draw(universe, seed, 1)
 
-    def initial_state(self):
+    def first_state(self):
         return None
 
-    def needs_scores(self, epoch, state):
+    def reads_losses(self, epoch, state):
         return False
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
 
     def select(self, ctx):
         # also after the final epoch: a run extended with a larger --epochs continues the walk
@@ -352,7 +411,7 @@ class RS2:
         fraction = self.fraction if num_samples is None else size / num_samples
         rows = tuple(EpochPlan(e, fraction, size, "draw", "draw" if e < self.epochs else "end")
                      for e in range(1, self.epochs + 1))
-        return Plan(_length(self.epochs), num_samples, rows, policy=self.name, params=dict(fraction=self.fraction))
+        return Plan(self.epochs, num_samples, rows, policy=self.name, params=dict(fraction=self.fraction))
 
 
 @dataclass(frozen=True)
@@ -460,7 +519,7 @@ class SeTa:
     window: float = 0.6
     anneal: float = 0.875
     name: str = "seta"
-    uses_scores: bool = True
+    ranks_by_loss: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "prune_ratio", _check_ratio(self.prune_ratio, "prune_ratio", "--prune-ratio",
@@ -525,11 +584,14 @@ class SeTa:
     def first(self, universe, seed):
         return self.choose(universe, np.full(0, np.nan), seed, 1)
 
-    def initial_state(self):
+    def first_state(self):
         return None
 
-    def needs_scores(self, epoch, state):
+    def reads_losses(self, epoch, state):
         return epoch + 1 <= self.prune_epochs  # the next epoch groups by these scores
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
 
     def select(self, ctx):
         nxt = ctx.epoch + 1
@@ -554,14 +616,9 @@ class SeTa:
             low = 1 / num_samples if num_samples else 0.0
             rows.append(EpochPlan(e, full, m, "prune", after, min_fraction=low, min_size=1 if m else None,
                                   nominal_fraction=full * share))
-        return Plan(_length(self.epochs), num_samples, tuple(rows), policy=self.name,
+        return Plan(self.epochs, num_samples, tuple(rows), policy=self.name,
                     params=dict(prune_ratio=self.prune_ratio, groups=self.groups, window=self.window,
                                 anneal=self.anneal, prune_epochs=self.prune_epochs))
-
-
-def _length(epochs: int) -> Schedule:
-    # Policies other than DaP's family use only the run length of a Schedule.
-    return Schedule(epochs=epochs, warmup=epochs, interval=1, keep=1.0)
 
 
 # DaP's schedule parameters (Algorithm 1), as the config and the flags name them.
@@ -584,16 +641,17 @@ class PolicyEntry:
 # checks all read `params` from here.
 REGISTRY: dict[str, PolicyEntry] = {
     "dap": PolicyEntry("keep the hardest p of the subset every I epochs (the DaP paper)", SCHEDULE_PARAMS,
-                       lambda s: DropSchedule(s, name="dap")),
+                       lambda s: DropAndPick(s, name="dap")),
     "random": PolicyEntry("DaP's schedule, uniform random keep (Table 2(f))", SCHEDULE_PARAMS,
-                          lambda s: DropSchedule(s, name="random")),
-    "full": PolicyEntry("all data every epoch", (), lambda s: DropSchedule(_length(s.epochs), name="full")),
+                          lambda s: DropAndPick(s, name="random")),
+    "full": PolicyEntry("all data every epoch", (), lambda s: FullData(s.epochs)),
     "infobatch": PolicyEntry("prune below-mean-loss samples with probability r, rescale the kept (Qin et al. 2024)",
                              ("prune_ratio", "anneal"), lambda s, **p: InfoBatch(s.epochs, **p)),
     "rs2": PolicyEntry("a fresh random fraction r each epoch, without replacement (Okanovic et al. 2024)",
                        ("fraction",), lambda s, **p: RS2(s.epochs, **p)),
     "seta": PolicyEntry("a random 1-r of the data, k-means loss groups, a window sliding easy to hard "
-                        "(Zhou et al. 2025)", ("prune_ratio", "anneal", "groups", "window"), lambda s, **p: SeTa(s.epochs, **p)),
+                        "(Zhou et al. 2025)", ("prune_ratio", "anneal", "groups", "window"),
+                        lambda s, **p: SeTa(s.epochs, **p)),
 }
 POLICIES = {name: entry.summary for name, entry in REGISTRY.items()}
 
