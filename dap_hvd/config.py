@@ -246,6 +246,19 @@ class TrainConfig:
         d["schedule"] = self.schedule.to_dict()
         return d
 
+    def resolved(self, base_lr: float) -> dict:
+        """The config with every data-dependent default written out, so the file says what ran and
+        means the same wherever it is read (evaluate on another data path, resume). `base_lr` is
+        the run's (base_lr() at its global batch, or the one carried over on resume)."""
+        d = self.to_dict()
+        d["resume"] = d["stop_after"] = None
+        d["model"] = self.model_name
+        d["policy"] = self.policy_params  # only what the chosen policy reads: the others would be refused
+        d["schedule"] = self.used_schedule()  # likewise: E, and DaP's parameters for dap and random
+        d["data"].update(image_size=self.image_size, val_resize=self.val_resize, min_crop_area=self.min_crop_area)
+        d["optim"].update(lr=base_lr, lr_steps=list(self.lr_steps), lr_warmup_epochs=self.lr_warmup_epochs)
+        return d
+
 
 # Sections of the YAML file, and the dataclass each one fills. Flags use dashes, keys underscores.
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "policy": PolicyConfig}

@@ -242,3 +242,16 @@ def test_type_errors_are_reported_for_every_field_at_once():
     with pytest.raises(ConfigError, match=r"unknown config key 'policy.ratio'; known keys: anneal, fraction, groups, "
                                           r"prune_ratio, window"):
         load_config(None, {"policy.ratio": 0.3})
+
+
+@pytest.mark.parametrize("strategy", ["dap", "rs2", "full"])
+def test_resolved_config_writes_out_what_the_run_uses(strategy):
+    cfg = load_config(None, {"strategy": strategy, "epochs": 6, "resume": "x", "stop_after": 2})
+    d = cfg.resolved(0.25)
+    assert d["resume"] is None and d["stop_after"] is None and d["model"] == cfg.model_name
+    assert d["policy"] == cfg.policy_params and d["schedule"] == cfg.used_schedule()
+    assert (d["data"]["image_size"], d["data"]["val_resize"], d["data"]["min_crop_area"]) == \
+        (cfg.image_size, cfg.val_resize, cfg.min_crop_area)
+    assert d["optim"]["lr"] == 0.25 and d["optim"]["lr_steps"] == list(cfg.lr_steps)
+    assert d["optim"]["lr_warmup_epochs"] == cfg.lr_warmup_epochs
+    assert cfg.to_dict()["resume"] == "x"  # a copy: the config itself is unchanged
