@@ -103,29 +103,18 @@ _PLAN_FLAGS = ("strategy", "preset", "epochs", "warmup", "interval", "keep", "ac
 
 def _plan_from_flags(a: argparse.Namespace):
     """(policy, LR decay epochs, scaled preset) from the plan flags, checked as `train` checks them."""
-    from dap_hvd.config import NONE_WORDS, POLICY_KEYS, check_policy_params, csv_list, resolve_schedule
-    from dap_hvd.policy.policies import POLICIES, REGISTRY, make_policy
+    from dap_hvd.config import POLICY_KEYS, check_policy_params, schedule_from
+    from dap_hvd.policy.policies import POLICIES, make_policy
     from dap_hvd.policy.schedule import Schedule
 
-    values = {k: v for k, v in _schedule_overrides(a).items() if v is not None}
-    problems: list[str] = []
-    try:
-        if "reuse" in values:
-            values["reuse"] = tuple(int(v) for v in csv_list(values["reuse"]))
-        if "active" in values:
-            active = values["active"]
-            values["active"] = None if str(active).strip().lower() in NONE_WORDS else int(active)
-    except ValueError as e:
-        problems.append(f"--reuse/--active: expected whole epochs or none ({e})")
-        values.pop("reuse", None), values.pop("active", None)
-    params = {k: getattr(a, k) for k in POLICY_KEYS if getattr(a, k) is not None}
     name = a.strategy or "dap"
     if name not in POLICIES:
         raise ConfigError(f"strategy (--strategy): unknown policy {name!r}; choose from {', '.join(POLICIES)}")
-    reads = REGISTRY[name].params
-    resolved = resolve_schedule(name, {k: v for k, v in values.items() if k in ("preset", "epochs") or k in reads},
-                                "imagenet", problems)
-    check_policy_params(name, [("schedule", k) for k in values] + [("policy", k) for k in params], problems)
+    problems: list[str] = []
+    flags = {k: v for k, v in _schedule_overrides(a).items() if v is not None}
+    resolved = schedule_from({}, flags, strategy=name, default_preset="imagenet", problems=problems)
+    params = {k: getattr(a, k) for k in POLICY_KEYS if getattr(a, k) is not None}
+    check_policy_params(name, [("schedule", k) for k in flags] + [("policy", k) for k in params], problems)
     policy = None
     try:  # the policy's own ranges, also when the schedule failed (over a stand-in of one epoch)
         policy = make_policy(name, resolved.schedule if resolved else Schedule(1, 0, 1, 1.0), **params)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Iterable, Literal, NamedTuple, Optional
 
 from dap_hvd import ConfigError
-from dap_hvd.policy.policies import POLICIES, REGISTRY, SCHEDULE_PARAMS, make_policy
+from dap_hvd.policy.policies import POLICIES, REGISTRY, SCHEDULE_PARAMS, PolicyEntry, make_policy
 from dap_hvd.policy.schedule import PRESETS, ScaledPreset, Schedule, scale_preset
 
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
@@ -262,9 +264,6 @@ class TrainConfig:
 
 # Sections of the YAML file, and the dataclass each one fills. Flags use dashes, keys underscores.
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "policy": PolicyConfig}
-# The schedule section is resolved against a preset (and so are the LR decay epochs); its types:
-_SCHEDULE_TYPES = {"preset": str, "epochs": int, "warmup": int, "interval": int, "keep": float,
-                   "active": Optional[int], "reuse": tuple[int, ...]}
 _FLAGS = {"root": "--data"}  # where the CLI flag is not the key's name
 NONE_WORDS = ("none", "inf", "unlimited", "")
 
@@ -274,9 +273,8 @@ def _where(section: Optional[str], key: str) -> str:
     return f"{dotted} ({_FLAGS.get(key, '--' + key.replace('_', '-'))})"
 
 
-def _by_field(section: Optional[str], cls, build, key: Optional[str] = None):
-    """Run a pydantic validation; its errors become one ConfigError naming every bad field
-    (`key`: the field, when a single value is validated)."""
+def _by_field(section: Optional[str], cls, build):
+    """Run a pydantic validation; its errors become one ConfigError naming every bad field."""
     from pydantic import ValidationError
 
     try:
@@ -284,10 +282,11 @@ def _by_field(section: Optional[str], cls, build, key: Optional[str] = None):
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            name = key or str(err["loc"][0])
+            name = str(err["loc"][0])
             if err["type"] == "unexpected_keyword_argument":
                 known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
-                problems.append(f"unknown config key {(section + '.' if section else '') + name!r}; known keys: {known}")
+                dotted = (section + "." if section else "") + name
+                problems.append(f"unknown config key {dotted!r}; known keys: {known}")
             else:
                 problems.append(f"{_where(section, name)}: {err['msg'][0].lower() + err['msg'][1:]}, "
                                 f"got {err['input']!r}")
@@ -313,6 +312,15 @@ POLICY_KEYS = tuple(f.name for f in dataclasses.fields(PolicyConfig))
 _PLACEHOLDER = Schedule(epochs=1, warmup=0, interval=1, keep=1.0)
 
 
+class Sections(NamedTuple):
+    """The config's sections after their type check; None where it failed."""
+
+    data: Optional[DataConfig]
+    optim: Optional[OptimConfig]
+    policy: Optional[PolicyConfig]
+    top: Optional[TrainConfig]  # the top-level keys, over placeholder sections
+
+
 def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = None,
                 raw: Optional[dict] = None, notes: Optional[list] = None) -> TrainConfig:
     """Build the run's config. `overrides` maps flag names (batch_size, keep, ...) or dotted
@@ -321,12 +329,40 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
     checked when it was written, and the keys its policy does not read (which older runs wrote
     too) are dropped rather than refused. Every bad field, from the file and the flags alike,
     is named in one ConfigError. `notes` (a list) receives what the defaults chose, for the log."""
-    source = yaml_path or "config"
-    record = raw is not None
-    raw = dict(raw) if raw is not None else (read_yaml(yaml_path) if yaml_path else {})
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     problems: list[str] = []
+    record = raw is not None
+    raw = dict(raw) if record else (read_yaml(yaml_path) if yaml_path else {})
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    strategy = overrides.get("strategy", raw.get("strategy", "dap"))
+    entry = REGISTRY.get(strategy) if isinstance(strategy, str) else None
+    tree = _tree(raw, overrides, yaml_path or "config", entry if record else None, problems)
+    resolved = schedule_from(tree["schedule"], {}, strategy=strategy if entry is not None else "dap",
+                             default_preset="sample" if _is_sample(tree["data"]) else "imagenet", problems=problems)
+    s = _typed_sections(tree, problems)
+    if entry is not None:
+        check_policy_params(strategy, [("schedule", k) for k in tree["schedule"]] +
+                            [("policy", k) for k in tree["policy"] if k in POLICY_KEYS], problems)
+    optim = s.optim
+    if resolved is not None and optim is not None and optim.lr_steps is None:
+        optim = dataclasses.replace(optim, lr_steps=resolved.preset.lr_steps)
+    policy_obj = None
+    if entry is not None and s.policy is not None:
+        policy_obj = _checked(problems, lambda: make_policy(strategy, resolved.schedule if resolved else _PLACEHOLDER,
+                                                            **dataclasses.asdict(s.policy)))
+    _validate(problems, s.data, optim, s.top, resolved.schedule if resolved else None, policy_obj)
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))  # in order, each once
+    cfg = dataclasses.replace(s.top, schedule=resolved.schedule, data=s.data, optim=optim, policy=s.policy)
+    if notes is not None:
+        given = set(tree["schedule"]) | ({"lr_steps"} if "lr_steps" in tree["optim"] else set())
+        notes.extend(n for n in (schedule_note(strategy, resolved.preset, given), cfg.small_image_note()) if n)
+    return cfg
 
+
+def _tree(raw: dict, overrides: dict, source: str, record_entry: Optional[PolicyEntry], problems: list) -> dict:
+    """The config as {section: {key: value}} (None: the top level), the flags over the file. A
+    run's record (`record_entry`: its policy) keeps only the keys that policy reads."""
+    raw = dict(raw)
     tree: dict = {}
     for name in ("schedule", *_SECTIONS):
         section = raw.pop(name, None) or {}
@@ -336,11 +372,9 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
             section = {}
         tree[name] = dict(section)
     tree[None] = raw
-    strategy = overrides.get("strategy", raw.get("strategy", "dap"))
-    entry = REGISTRY.get(strategy) if isinstance(strategy, str) else None
-    if record and entry is not None:
+    if record_entry is not None:
         for name in ("schedule", "policy"):
-            tree[name] = {k: v for k, v in tree[name].items() if k in entry.params or k in ("preset", "epochs")}
+            tree[name] = {k: v for k, v in tree[name].items() if k in record_entry.params or k in ("preset", "epochs")}
     for key, value in overrides.items():
         section, _, name = key.rpartition(".")
         if not section:
@@ -348,68 +382,133 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
         tree[section or None][name] = value
     if "lr_steps" in tree["optim"]:
         tree["optim"]["lr_steps"] = csv_list(tree["optim"]["lr_steps"])
+    return tree
 
-    def checked(build):
+
+def _is_sample(data: dict) -> bool:
+    """Whether the data section names the sample data (DataConfig.is_sample, on the untyped keys):
+    its preset is then 'sample'."""
+    root = data.get("root")
+    return root is None or (isinstance(root, str) and (Path(root) / "sample-spec.json").is_file())
+
+
+def _checked(problems: list, build):
+    """build(), or None with its ConfigError appended to `problems`."""
+    try:
+        return build()
+    except ConfigError as e:
+        problems.append(str(e))
+        return None
+
+
+def _typed_sections(tree: dict, problems: list) -> Sections:
+    """Each section type-checked by pydantic; a section that fails is None, left out of the range checks."""
+    return Sections(
+        data=_checked(problems, lambda: _section(DataConfig, "data", tree["data"])),
+        optim=_checked(problems, lambda: _section(OptimConfig, "optim", tree["optim"])),
+        policy=_checked(problems, lambda: _section(PolicyConfig, "policy", tree["policy"])),
+        top=_checked(problems, lambda: _section(TrainConfig, None, tree[None], schedule=_PLACEHOLDER, data=DataConfig(),
+                                                optim=OptimConfig(), policy=PolicyConfig())))
+
+
+# ---- The schedule section, typed without pydantic so that `plan` stays fast, by the lax rules
+# pydantic applies to the other sections: a whole float is an integer, a numeric string a number,
+# a bool a number. tests/test_config.py holds the two to the same answers.
+SCHEDULE_KEYS = ("preset", "epochs", "warmup", "interval", "keep", "active", "reuse")
+_WHOLE = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0*)?")
+
+
+def _as_int(v: Any) -> int:
+    v = v.decode() if isinstance(v, bytes) else v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError("input should be a finite number")
+        if not v.is_integer():
+            raise ValueError("input should be a valid integer, got a number with a fractional part")
+        return int(v)
+    if isinstance(v, str):
+        if _WHOLE.fullmatch(v.strip()):
+            return int(v.strip().split(".")[0])
+        raise ValueError("input should be a valid integer, unable to parse string as an integer")
+    raise ValueError("input should be a valid integer")
+
+
+def _as_float(v: Any) -> float:
+    v = v.decode() if isinstance(v, bytes) else v
+    try:
+        if isinstance(v, (int, float)):
+            return float(v)
+    except OverflowError:
+        raise ValueError("input should be a valid number") from None
+    if isinstance(v, str):
         try:
-            return build()
+            if v.isascii():
+                return float(v)
+        except ValueError:
+            pass
+        raise ValueError("input should be a valid number, unable to parse string as a number")
+    raise ValueError("input should be a valid number")
+
+
+def _as_str(v: Any) -> str:
+    if isinstance(v, (str, bytes)):
+        return v.decode() if isinstance(v, bytes) else v
+    raise ValueError("input should be a valid string")
+
+
+def schedule_value(key: str, value: Any) -> Any:
+    """One key of the schedule section, typed (ConfigError naming the key and its flag). Presence
+    matters: `active` or `reuse` given as null or a none word means none; a key left out means the
+    preset's."""
+    if key not in SCHEDULE_KEYS:
+        raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(SCHEDULE_KEYS)}")
+
+    def bad(msg, got) -> str:
+        return f"{_where('schedule', key)}: {msg}, got {got!r}"
+
+    try:
+        if key in ("preset", "keep"):
+            return _as_str(value) if key == "preset" else _as_float(value)
+        if key == "active":
+            none = value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS)
+            return None if none else _as_int(value)
+        if key != "reuse":
+            return _as_int(value)
+    except ValueError as e:
+        raise ConfigError(bad(e, value)) from None
+    items = () if value is None else csv_list(value)
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(bad("input should be a valid tuple", items))
+    typed, problems = [], []
+    for item in items:
+        try:
+            typed.append(_as_int(item))
+        except ValueError as e:
+            problems.append(bad(e, item))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return tuple(typed)
+
+
+def schedule_from(raw: dict, overrides: dict, *, strategy: str, default_preset: str,
+                  problems: list) -> Optional[ResolvedSchedule]:
+    """The run's schedule, for `train` and `plan` alike: the schedule section `raw` (a YAML file's,
+    or a run's record) with `overrides` (flag values; None: not given) over it, each value typed,
+    the keys the policy `strategy` does not read left out (check_policy_params names them), then
+    resolved against the preset given (else `default_preset`) scaled to E. Pure, and free of
+    pydantic. Every problem is appended to `problems`; None when the schedule cannot be built."""
+    given = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    values = {}
+    for key, value in given.items():
+        try:
+            values[key] = schedule_value(key, value)
         except ConfigError as e:
             problems.append(str(e))
-            return None
-
-    # ---- types, section by section (pydantic); a section that fails is left out of the checks below
-    values = {}
-    for key, value in tree["schedule"].items():
-        before = len(problems)
-        typed = checked(lambda: _schedule_value(key, value))
-        if len(problems) == before:
-            values[key] = typed
-    data = checked(lambda: _section(DataConfig, "data", tree["data"]))
-    optim = checked(lambda: _section(OptimConfig, "optim", tree["optim"]))
-    policy = checked(lambda: _section(PolicyConfig, "policy", tree["policy"]))
-    top = checked(lambda: _section(TrainConfig, None, tree[None], schedule=_PLACEHOLDER, data=DataConfig(),
-                                   optim=OptimConfig(), policy=PolicyConfig()))
-
-    # ---- which parameters the policy reads, the schedule against its preset, each range
-    sample = data.is_sample if data is not None else tree["data"].get("root") is None
-    used = [k for k in values if entry is None or k in ("preset", "epochs") or k in entry.params]
-    resolved = resolve_schedule(strategy if entry is not None else "dap", {k: values[k] for k in used},
-                                "sample" if sample else "imagenet", problems)
-    if entry is not None:
-        check_policy_params(strategy, [("schedule", k) for k in tree["schedule"]] +
-                            [("policy", k) for k in tree["policy"] if k in POLICY_KEYS], problems)
-    if resolved is not None and optim is not None and optim.lr_steps is None:
-        optim = dataclasses.replace(optim, lr_steps=resolved.preset.lr_steps)
-    policy_obj = None
-    if entry is not None and policy is not None:
-        policy_obj = checked(lambda: make_policy(strategy, resolved.schedule if resolved else _PLACEHOLDER,
-                                                 **dataclasses.asdict(policy)))
-    _validate(problems, data, optim, top, resolved.schedule if resolved else None, policy_obj)
-    if problems:
-        raise ConfigError("; ".join(dict.fromkeys(problems)))  # in order, each once
-    cfg = dataclasses.replace(top, schedule=resolved.schedule, data=data, optim=optim, policy=policy)
-    if notes is not None:
-        note = schedule_note(strategy, resolved.preset, given=set(values) | ({"lr_steps"} if "lr_steps" in tree["optim"]
-                                                                              else set()))
-        if note:
-            notes.append(note)
-        small = cfg.small_image_note()
-        if small:
-            notes.append(small)
-    return cfg
-
-
-def _schedule_value(key: str, value: Any) -> Any:
-    """One schedule key, its type checked by pydantic. Presence matters: a key given as null
-    means 'none', a key left out means 'the preset's'."""
-    from pydantic import TypeAdapter
-
-    if key not in _SCHEDULE_TYPES:
-        raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(_SCHEDULE_TYPES)}")
-    if key == "reuse":
-        value = () if value is None else csv_list(value)
-    elif key == "active" and isinstance(value, str) and value.strip().lower() in NONE_WORDS:
-        value = None
-    return _by_field("schedule", Schedule, lambda: TypeAdapter(_SCHEDULE_TYPES[key]).validate_python(value), key=key)
+    reads = REGISTRY[strategy].params
+    used = {k: v for k, v in values.items() if k in ("preset", "epochs") or k in reads}
+    return resolve_schedule(strategy, used, default_preset, problems)
 
 
 def _flags(keys: Iterable[str]) -> str:
@@ -491,7 +590,7 @@ def schedule_note(strategy: str, preset: ScaledPreset, given: set) -> Optional[s
 
 
 def _section_of(name: str) -> Optional[str]:
-    if name in _SCHEDULE_TYPES:
+    if name in SCHEDULE_KEYS:
         return "schedule"
     for section, cls in _SECTIONS.items():
         if name in {f.name for f in dataclasses.fields(cls)}:
