@@ -203,7 +203,8 @@ def test_policy_parameters_from_yaml_and_flags(tmp_path):
     assert cfg.make_policy().prune_epochs == int(0.75 * cfg.schedule.epochs)
     assert load_config(None, {"strategy": "rs2", "fraction": "0.4"}).make_policy().fraction == 0.4
     # a parameter of another policy would be ignored silently: refused, naming both
-    with pytest.raises(ConfigError, match=r"policy.fraction \(--fraction\): applies to --strategy rs2, not --strategy infobatch"):
+    with pytest.raises(ConfigError,
+                       match=r"policy.fraction \(--fraction\): applies to --strategy rs2, not --strategy infobatch"):
         load_config(str(y), {"fraction": 0.3})
     with pytest.raises(ConfigError, match=r"policy.prune_ratio \(--prune-ratio\): must be in \(0, 1\)"):
         load_config(None, {"strategy": "infobatch", "prune_ratio": 1.5})

@@ -101,8 +101,10 @@ def test_invalid_parameters_name_the_parameter(bad, name):
 
 def test_plan_cli_json_and_no_torch_import():
     out = subprocess.run([sys.executable, "-c",
-                          "import sys; from dap_hvd.cli import main; rc = main(['plan', '--preset', 'imagenet', '--json']);"
-                          "assert 'torch' not in sys.modules, 'plan imported torch'; sys.exit(rc)"],
+                          "import sys; from dap_hvd.cli import main; "
+                          "rc = main(['plan', '--preset', 'imagenet', '--json']);"
+                          "assert 'torch' not in sys.modules, 'plan imported torch'; "
+                          "assert 'pydantic' not in sys.modules, 'plan imported pydantic'; sys.exit(rc)"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)

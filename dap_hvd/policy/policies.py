@@ -466,7 +466,7 @@ def kmeans_1d(sorted_values: np.ndarray, k: int, max_iter: int = KMEANS_MAX_ITER
         distinct = x[distinct_starts()]
         centers = distinct[((np.arange(k) + 0.5) * len(distinct) / k).astype(np.int64)].astype(np.float64)
     cuts = None
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (read after the loop: the steps run)
         # a value on a midpoint goes to the lower group
         new_cuts = np.searchsorted(x, _round_down((centers[:-1] + centers[1:]) / 2, x.dtype), side="right")
         if cuts is not None and np.array_equal(new_cuts, cuts):
