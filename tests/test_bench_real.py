@@ -5,7 +5,9 @@ from pathlib import Path
 
 from test_compare import _runs
 
-from dap_hvd import bench, bench_real, compare
+from dap_hvd import compare
+from dap_hvd.bench import real as bench_real
+from dap_hvd.bench import suite as bench
 
 
 def test_the_long_section_is_a_40_epoch_compare_of_every_entry_at_two_budgets():

@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from dap_hvd.bench import BIN, _version
+from dap_hvd.bench.suite import BIN, _version
 
 PARTS = ("micro", "matrix", "resume", "saving", "partial")
 A100_ANCHOR = 2470  # NVIDIA's published PyTorch ResNet-50 AMP img/s on one A100-80GB

@@ -134,7 +134,7 @@ def bench_startup(data: Path, work: Path, repeats: int) -> dict:
 # ---------------------------------------------------------------- (a) overhead, (b) saving
 
 def _bench_gpu(work: Path, a: argparse.Namespace, raw: dict, save) -> dict | None:
-    from dap_hvd.bench_gpu import bench_gpu
+    from dap_hvd.bench.gpu import bench_gpu
 
     return bench_gpu(work, a, raw, save)
 
@@ -166,7 +166,7 @@ def bench_overhead(data: Path, work: Path, repeats: int) -> dict:
 def bench_selection(num_samples: int, worlds=(2, 4)) -> list:
     out = []
     for w in worlds:
-        text = _horovodrun(w, [sys.executable, "-m", "dap_hvd.bench_selection", "--num-samples", num_samples], 1200)
+        text = _horovodrun(w, [sys.executable, "-m", "dap_hvd.bench.selection_step", "--num-samples", num_samples], 1200)
         out.append(json.loads(text.split("BENCH ", 1)[1].splitlines()[0]))
     return out
 
@@ -277,9 +277,9 @@ def bench_accuracy(data: Path, work: Path, seeds: int, strategies=None) -> dict:
 
 
 def bench_compare(name: str, a: argparse.Namespace) -> dict:
-    """Fashion-MNIST, every policy: `dap-hvd compare` in COMPARE_DIR/NAME (bench_real.py), which keeps
+    """Fashion-MNIST, every policy: `dap-hvd compare` in COMPARE_DIR/NAME (bench/real.py), which keeps
     each run's figures as it ends, so an interrupted section resumes there."""
-    from dap_hvd import bench_real
+    from dap_hvd.bench import real as bench_real
 
     os.environ.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # as the other CPU sections' jobs
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -332,7 +332,8 @@ def render(raw: dict) -> dict:
     sec = {}
     for name, file in PARETO.items():  # results from before `compare` keep the text they wrote
         if raw.get(name, {}).get("entries"):
-            from dap_hvd import bench_real, compare
+            from dap_hvd import compare
+            from dap_hvd.bench import real as bench_real
 
             sec[name] = ("Fashion-MNIST (real 28×28 product photos, MIT licence, Debian's `dataset-fashion-mnist`) "
                          f"through `dap-hvd compare` on this machine: {bench_real.describe(name)} "
@@ -344,7 +345,7 @@ def render(raw: dict) -> dict:
                           f"torch {m['torch']}, DALI {m['dali']}, Horovod {m['horovod']}. Each section names the run that "
                           f"measured it.")
     if raw.get("gpu"):
-        from dap_hvd import bench_gpu
+        from dap_hvd.bench import gpu as bench_gpu
 
         sec["gpu"] = bench_gpu.render(raw["gpu"])
     st = raw.get("startup")
