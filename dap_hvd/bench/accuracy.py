@@ -36,7 +36,7 @@ def _train(name: str, data: Path, work: Path, seed: int, ratio: float, fewer: in
         s = jobs.train(data, out, "--strategy", "full", *_sched_args(fewer, (step,), dap=False), *common)
         s["compute_ratio_measured"] *= fewer / SCHED["epochs"]  # relative to the full-length run
         return s
-    from dap_hvd.compare import write_subset_list  # a fixed random subset of the data, all epochs
+    from dap_hvd.compare.plan import write_subset_list  # a fixed random subset of the data, all epochs
 
     fl = work / f"subset-{seed}.txt"
     kept = write_subset_list(data, ratio, seed, fl)

@@ -60,7 +60,7 @@ def describe(name: str) -> str:
 
 def settings(name: str, data: Path, seeds: int, policies=None):
     """The compare a bench section runs."""
-    from dap_hvd.compare import ORDER, Settings
+    from dap_hvd.compare.plan import ORDER, Settings
 
     cfg = CONFIGS[name]
     chosen = policies or cfg["policies"] or [p for p in ORDER if p != "full"]
@@ -73,7 +73,7 @@ def settings(name: str, data: Path, seeds: int, policies=None):
 
 def run(name: str, out: Path, seeds: int, log: Callable[[str], None], policies=None) -> dict:
     """The section's compare in `out` (resumed when it holds an earlier, interrupted one); its report."""
-    from dap_hvd.compare import STATE, run_compare
+    from dap_hvd.compare.runner import STATE, run_compare
     from dap_hvd.data.catalog import cache_root
     from dap_hvd.data.fashion_mnist import FashionSpec, write_fashion_mnist
 
@@ -98,17 +98,18 @@ def render(name: str, report: dict) -> Optional[str]:
     """compare's table and conclusions, recomputed from the runs by today's rules."""
     if not report.get("entries"):  # a result from before `compare`: keep the text it wrote
         return None
-    from dap_hvd import compare
+    from dap_hvd.compare.report import build_report
+    from dap_hvd.compare.report import render as compare_text
 
     return ("Fashion-MNIST (real 28×28 product photos, MIT licence, Debian's `dataset-fashion-mnist`) "
             f"through `dap-hvd compare` on this machine: {describe(name)} "
-            + compare.render(compare.build_report(report))
+            + compare_text(build_report(report))
             + f"\n![top-1 against compute and wall clock](bench/{PLOTS[name]})")
 
 
 def plot(name: str, report: dict, markdown: Path) -> None:
     """The section's Pareto plot, in bench/ beside the markdown file."""
     if report.get("entries"):
-        from dap_hvd import compare
+        from dap_hvd.compare.report import plot as pareto
 
-        compare.plot(report, markdown.parent / "bench" / PLOTS[name], title=TITLES[name])
+        pareto(report, markdown.parent / "bench" / PLOTS[name], title=TITLES[name])
