@@ -261,7 +261,7 @@ def test_evaluate_reproduces_the_runs_top1_exactly(dap_run):
 
 
 def rank_payload(stdout):
-    line = next(l for l in stdout.splitlines() if '"top1"' in l)
+    line = next(ln for ln in stdout.splitlines() if '"top1"' in ln)
     return json.loads(line[line.index("{"):])
 
 
@@ -329,7 +329,7 @@ def test_training_from_a_file_list(tiny_data, tmp_path):
 
     cat = load_catalog(tiny_data, "train")
     fl = tmp_path / "half.txt"
-    fl.write_text("".join(f"train/{p} {l}\n" for p, l in zip(cat.paths[::2], cat.labels[::2])))
+    fl.write_text("".join(f"train/{p} {lab}\n" for p, lab in zip(cat.paths[::2], cat.labels[::2])))
     out = tmp_path / "list"
     train(tiny_data, out, "--train-list", fl, *short(2))
     s = summary(out)
