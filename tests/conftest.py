@@ -34,7 +34,6 @@ def child_env(extra=None):
     return env
 
 
-_env = child_env  # TEMP alias (#24): test_compare, test_multihost, test_run_edges and test_train still import it
 
 
 def spawn(cmd, **popen_kw) -> subprocess.Popen:
