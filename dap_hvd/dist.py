@@ -6,6 +6,7 @@ as single-process code. Indices always travel as int64: float tensors lose preci
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -131,6 +132,19 @@ def distributed_optimizer(optimizer, model: torch.nn.Module, fp16_allreduce: boo
     compression = hvd.Compression.fp16 if fp16_allreduce else hvd.Compression.none
     return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
                                     compression=compression, op=hvd.Average)
+
+
+@contextlib.contextmanager
+def reduced_gradients(optimizer):
+    """Allreduce the gradients now, and let an optimizer step inside the block not reduce them
+    again (Horovod's recipe for a GradScaler, which must unscale and test the reduced gradients
+    before the step). A plain torch optimizer (one process) has nothing to reduce."""
+    if not hasattr(optimizer, "skip_synchronize"):
+        yield
+        return
+    optimizer.synchronize()
+    with optimizer.skip_synchronize():
+        yield
 
 
 def broadcast_training_state(model: torch.nn.Module, optimizer, scaler=None, *, resumed: bool) -> None:
