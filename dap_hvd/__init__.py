@@ -27,3 +27,12 @@ class DataError(DapError):
 
 class DivergedError(DapError):
     """Non-finite training losses: the run has diverged."""
+
+
+def first_line(exc: BaseException) -> str:
+    """What a one-line error shows of an exception: the first non-empty line of its message
+    (DALI's and torch.load's run to many lines), or its type's name when it has none."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from dap_hvd import DapError
+from dap_hvd import DapError, first_line
 from dap_hvd.files import write_atomic
 
 _NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
@@ -73,7 +73,7 @@ def load_newest(run_dir: Path, warn=None) -> Optional[Loaded]:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, corrupt, or not ours: try the one before
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = first_line(e)
             problems.append(f"{path}: {reason}")
             if warn is not None:
                 warn(f"--resume: cannot load {path} ({reason}); trying the one before it")
