@@ -92,6 +92,18 @@ def first_difference(mine: tuple[str, ...], theirs: tuple[str, ...]) -> str:
     return "the same paths, but different labels or excluded samples"
 
 
+def dataset_mismatch(what: str, paths: tuple[str, ...], root_paths: tuple[str, ...], *, rank: int, host: str,
+                     differing: list[int]) -> str:
+    """The error a rank raises when the ranks in `differing` hold another `what` dataset than
+    rank 0 (whose paths are `root_paths`). Every rank fails, none stalls: a differing rank names
+    its host and its first differing path, the others point to those ranks' errors."""
+    if rank in differing:
+        return (f"rank {rank} on {host}: the {what} dataset differs from rank 0's: "
+                f"{first_difference(paths, root_paths)}; every rank must see the same files")
+    return (f"rank(s) {differing} hold a different {what} dataset from rank 0's (their own errors name the host "
+            f"and the first differing path); every rank must see the same files")
+
+
 def cache_root() -> Path:
     """DAP_HVD_CACHE, default ~/.cache/dap-hvd (a writable fallback if it is not: cachedir.py)."""
     from dap_hvd.cachedir import cache_root as writable_cache_root
