@@ -23,15 +23,10 @@ def _umask() -> int:
     return mask
 
 
-def publish_mode(path: Path) -> None:
-    """mkstemp creates files 0600; give them the mode any other file of the user would get, so
-    a team can share a run folder."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
 def write_atomic(path: Path, data: Union[bytes, Writer], mode: Optional[int] = None) -> None:
     """Write `data` (bytes, or a function that writes into the open binary file, e.g. a
-    torch.save) to `path`. The file gets `mode`, by default what the user's umask gives."""
+    torch.save) to `path`. The file gets `mode`, by default the one any other file of the user
+    would get (mkstemp's is 0600), so a team can share a run folder."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -42,10 +37,7 @@ def write_atomic(path: Path, data: Union[bytes, Writer], mode: Optional[int] = N
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if mode is None:
-            publish_mode(Path(tmp))
-        else:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
