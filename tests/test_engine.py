@@ -258,3 +258,22 @@ def test_divergence_is_a_non_finite_loss_or_model_or_a_scaler_that_gave_up():
     assert divergence(0.0, nonfinite_parameters=False, skipped=1, steps=1, loss_scale=2.0**15) is None
     # ... until every step is skipped and the scale has run down below 1
     assert "GradScaler" in divergence(0.0, nonfinite_parameters=False, skipped=10, steps=10, loss_scale=2.0**-3)
+
+
+def test_an_fp16_step_with_non_finite_gradients_is_skipped_counted_and_left_out_of_the_loss():
+    """The GradScaler's step (through dist.reduced_gradients, a no-op for a plain optimizer): a
+    step whose gradients overflow is skipped, counted on the device, and its losses are left out
+    of the epoch's sums, so only the steps taken reach the divergence check."""
+    model = torch.nn.Linear(2, 2)
+    subset = np.arange(2, dtype=np.int64)
+    tags = torch.from_numpy(Shard(subset, np.ones(2, dtype=bool), 1).encoded_labels())
+    batches = [Batch(torch.ones(1, 2), tags[:1]), Batch(torch.full((1, 2), float("inf")), tags[1:])]
+    scaler = torch.amp.GradScaler("cpu")
+    stats = train_one_epoch(model=model, loader=ListLoader(batches),
+                            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), label_smoothing=0.0,
+                            lr_schedule=LRSchedule(0.1, 0, 100, "step"), global_step=0,
+                            class_of=torch.tensor([0, 1]), precision=Precision(torch.device("cpu"), None, False),
+                            scaler=scaler)
+    assert stats.steps == 2 and stats.skipped_steps == 1 and stats.loss_count == 1
+    assert np.isfinite(stats.loss_sum) and stats.finite_parameters
+    assert scaler.get_scale() < 2.0**16  # the skipped step halved the scale
