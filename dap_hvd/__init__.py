@@ -1,7 +1,8 @@
 """dap_hvd: distributed ImageNet pre-training with data policies (DaP, InfoBatch, RS2, ...).
 
 Layers (imports only point downwards):
-  core      config (pydantic, lazily), policy/ (schedule, policies, scores)  -- no torch / horovod
+  core      config (pydantic, lazily), policy/ (schedule, policies, scores), files (the one atomic
+            write)  -- no torch / horovod
   data      data/ catalog, sharding, spec (the loader contract), loaders, dali (the only DALI
             import), torch_loader, sample_data, verify
   wrappers  dist (the only horovod import), metrics (the only prometheus_client import)
