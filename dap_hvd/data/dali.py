@@ -32,6 +32,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from dap_hvd import first_line
 from dap_hvd.data.spec import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, Batch, LoaderError, LoaderSpec
 from dap_hvd.rng import stream as rng_stream
 
@@ -151,10 +152,6 @@ def _build(spec: LoaderSpec, feed: _Feed):
     return pipe()
 
 
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def _fixed(spec: LoaderSpec) -> tuple:
     """What is built into a pipeline; a spec that differs in these needs another pipeline."""
     return (spec.train, spec.batch_size, spec.workers, spec.image_size, spec.val_resize, spec.color_jitter > 0,
@@ -191,7 +188,7 @@ class DaliPipeline:
                 self._it.reset()  # prefetches the first batches of the new list
         except Exception as e:
             self.broken = True
-            raise LoaderError(_first_line(e), broken=True) from None
+            raise LoaderError(first_line(e), broken=True) from None
         return _Epoch(self)
 
     def _batches(self):
@@ -205,7 +202,7 @@ class DaliPipeline:
             return
         except Exception as e:  # DALI reports decode failures as RuntimeError deep in its executor
             self.broken = True
-            raise LoaderError(_first_line(e), broken=True) from None
+            raise LoaderError(first_line(e), broken=True) from None
 
     def finish(self) -> None:
         """End the epoch where it stands (a capped epoch, an error): drain what was prefetched."""
