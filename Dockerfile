@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # GPU image for clusters: CUDA 13 + the pinned stack (torch 2.14.1, DALI, OpenMPI, Horovod 0.28.1
 # built with NCCL by the same scripts/build_horovod.sh that CI uses), sshd for multi-node runs.
-# The commands an operator runs (one node, several nodes, SLURM/Pyxis) are in README.md "Docker".
+# The commands an operator runs (one node, several nodes, SLURM/Pyxis) are in docs/build.md "Docker" and docs/multinode.md.
 #   DOCKER_BUILDKIT=1 docker build -t dap-hvd .          (--build-arg MAX_JOBS=N: compile jobs)
 # Needs a host driver for CUDA 13 (R580+). torch brings cuDNN and the CUDA libraries as wheels,
 # Horovod links cudart statically and DALI brings nvImageCodec/nvJPEG, so the final stage needs

@@ -1,20 +1,18 @@
-"""Checkpoints: atomic writes (temp file + rename), the last K kept, and safe loading
+"""Checkpoints: atomic writes (files.write_atomic), the last K kept, and safe loading
 (torch.load(weights_only=True): tensors, numbers, strings and containers, never arbitrary
 objects). A newest checkpoint that cannot be read (a node died mid-copy, a full disk) falls back
 to the one before it, with a warning."""
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
 
-from dap_hvd import DapError
-from dap_hvd.files import publish_mode
+from dap_hvd import DapError, first_line
+from dap_hvd.files import write_atomic
 
 _NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
 _TMP = re.compile(r"^\.epoch-.*\.tmp$")
@@ -28,17 +26,7 @@ def save_checkpoint(run_dir: Path, epoch: int, payload: dict, keep: int) -> Path
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"epoch-{epoch:04d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".epoch-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        publish_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(payload, f))  # its temp file: .epoch-NNNN.pt.*.tmp (_TMP)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -85,7 +73,7 @@ def load_newest(run_dir: Path, warn=None) -> Optional[Loaded]:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, corrupt, or not ours: try the one before
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = first_line(e)
             problems.append(f"{path}: {reason}")
             if warn is not None:
                 warn(f"--resume: cannot load {path} ({reason}); trying the one before it")

@@ -44,7 +44,9 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _schedule_overrides(a: argparse.Namespace) -> dict:
-    return {k: getattr(a, k) for k in ("preset", "epochs", "warmup", "interval", "keep", "active", "reuse")}
+    from dap_hvd.config import SCHEDULE_KEYS
+
+    return {k: getattr(a, k) for k in SCHEDULE_KEYS}
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
@@ -52,13 +54,10 @@ def cmd_plan(a: argparse.Namespace) -> int:
     (argparse types the flags; the same resolution and range checks as `train` run on them);
     with --config the whole file is loaded and checked as `train` loads it, so both report the
     same problems."""
-    from dap_hvd.policy.schedule import PRESET_LR_STEPS, PRESETS, SCALING_RULE
+    from dap_hvd.policy.schedule import PRESETS, SCALING_RULE
 
     if a.list_presets:
-        for name, p in PRESETS.items():
-            print(f"{name:<9} E={p['epochs']} W={p['warmup']} I={p['interval']} p={p['keep']} "
-                  f"alpha={p['active'] or 'unlimited'} R={','.join(map(str, p['reuse'])) or '-'} "
-                  f"LR x0.1 after {','.join(map(str, PRESET_LR_STEPS[name]))}")
+        _print_presets()
         return 0
     policy, lr_steps, preset = _plan_from_config(a) if a.config else _plan_from_flags(a)
     p = policy.plan(a.num_samples)
@@ -68,22 +67,39 @@ def cmd_plan(a: argparse.Namespace) -> int:
                                                       scaled=preset.scaled, rule=SCALING_RULE))
         print(json.dumps(d, indent=1))
         return 0
+    _print_plan(p, lr_steps, preset)
+    return 0
+
+
+def _print_presets() -> None:
+    from dap_hvd.policy.schedule import PRESET_LR_STEPS, PRESETS
+
+    for name, p in PRESETS.items():
+        print(f"{name:<9} E={p['epochs']} W={p['warmup']} I={p['interval']} p={p['keep']} "
+              f"alpha={p['active'] or 'unlimited'} R={','.join(map(str, p['reuse'])) or '-'} "
+              f"LR x0.1 after {','.join(map(str, PRESET_LR_STEPS[name]))}")
+
+
+def _print_plan(p, lr_steps: tuple, preset) -> None:
+    """The plan as a table: its parameters, one row per epoch, the compute ratio."""
+    from dap_hvd.policy.schedule import SCALING_RULE
+
     s = p.schedule
-    if p.policy in ("dap", "random"):
+    if s is not None:  # dap and random: DaP's schedule
         what = (f"E={s.epochs} W={s.warmup} I={s.interval} p={s.keep} alpha={s.active or 'unlimited'} "
                 f"R={','.join(map(str, s.reuse)) or '-'}")
     else:
-        what = " ".join([f"E={s.epochs}"] + [f"{k}={v}" for k, v in p.params.items()])
+        what = " ".join([f"E={p.num_epochs}"] + [f"{k}={v}" for k, v in p.params.items()])
     print(f"{p.policy}: {what}" + (f" N={p.num_samples}" if p.num_samples else "")
           + f"; LR x0.1 after {','.join(map(str, lr_steps)) or '-'}")
     if preset.scaled:
-        print(f"from the {preset.describe() if p.policy in ('dap', 'random') else preset.describe(('lr_steps',))}\n"
+        print(f"from the {preset.describe() if s is not None else preset.describe(('lr_steps',))}\n"
               f"  (scaling: {SCALING_RULE}; flags given beside it win)")
     print(f"{'epoch':>5}  {'fraction':>15}  {'size':>17}  {'event':<7} after")
     for e in p.epochs:
         fraction = f"{e.fraction:.4f}" if e.exact else f"{e.low_fraction:.4f}..{e.fraction:.4f}"
         size = "-" if e.size is None else (str(e.size) if e.exact else f"{e.low_size}..{e.size}")
-        print(f"{e.epoch:>5}  {fraction:>15}  {size:>17}  {e.event:<7} {e.after}")
+        print(f"{e.epoch:>5}  {fraction:>15}  {size:>17}  {e.event:<7} {e.action}")
     if p.exact:
         print(f"compute ratio: {p.compute_ratio:.4f} ({p.compute_ratio:.1%} of full-data training)")
     elif p.nominal_ratio is not None:
@@ -94,38 +110,22 @@ def cmd_plan(a: argparse.Namespace) -> int:
         low, high = p.compute_bounds
         print(f"compute ratio: {low:.4f}..{high:.4f} (depends on the losses; the lower bound is in expectation, "
               f"if all but one sample scored below the mean; summary.json has the measured value)")
-    return 0
-
-
-_PLAN_FLAGS = ("strategy", "preset", "epochs", "warmup", "interval", "keep", "active", "reuse", "prune_ratio",
-               "anneal", "fraction")
 
 
 def _plan_from_flags(a: argparse.Namespace):
     """(policy, LR decay epochs, scaled preset) from the plan flags, checked as `train` checks them."""
-    from dap_hvd.config import NONE_WORDS, POLICY_KEYS, check_policy_params, csv_list, resolve_schedule
-    from dap_hvd.policy.policies import POLICIES, REGISTRY, make_policy
+    from dap_hvd.config import POLICY_KEYS, check_policy_params, schedule_from
+    from dap_hvd.policy.policies import POLICIES, make_policy
     from dap_hvd.policy.schedule import Schedule
 
-    values = {k: v for k, v in _schedule_overrides(a).items() if v is not None}
-    problems: list[str] = []
-    try:
-        if "reuse" in values:
-            values["reuse"] = tuple(int(v) for v in csv_list(values["reuse"]))
-        if "active" in values:
-            active = values["active"]
-            values["active"] = None if str(active).strip().lower() in NONE_WORDS else int(active)
-    except ValueError as e:
-        problems.append(f"--reuse/--active: expected whole epochs or none ({e})")
-        values.pop("reuse", None), values.pop("active", None)
-    params = {k: getattr(a, k) for k in POLICY_KEYS if getattr(a, k) is not None}
     name = a.strategy or "dap"
     if name not in POLICIES:
         raise ConfigError(f"strategy (--strategy): unknown policy {name!r}; choose from {', '.join(POLICIES)}")
-    reads = REGISTRY[name].params
-    resolved = resolve_schedule(name, {k: v for k, v in values.items() if k in ("preset", "epochs") or k in reads},
-                                "imagenet", problems)
-    check_policy_params(name, [("schedule", k) for k in values] + [("policy", k) for k in params], problems)
+    problems: list[str] = []
+    flags = {k: v for k, v in _schedule_overrides(a).items() if v is not None}
+    resolved = schedule_from({}, flags, strategy=name, default_preset="imagenet", problems=problems)
+    params = {k: getattr(a, k) for k in POLICY_KEYS if getattr(a, k) is not None}
+    check_policy_params(name, [("schedule", k) for k in flags] + [("policy", k) for k in params], problems)
     policy = None
     try:  # the policy's own ranges, also when the schedule failed (over a stand-in of one epoch)
         policy = make_policy(name, resolved.schedule if resolved else Schedule(1, 0, 1, 1.0), **params)
@@ -138,22 +138,30 @@ def _plan_from_flags(a: argparse.Namespace):
 
 def _plan_from_config(a: argparse.Namespace):
     """(policy, LR decay epochs, scaled preset) of a training config, loaded as `train` loads it."""
-    from dap_hvd.config import load_config, read_yaml
+    from dap_hvd.config import POLICY_KEYS, SCHEDULE_KEYS, load_config, read_yaml
     from dap_hvd.policy.schedule import scale_preset
 
-    overrides = {k: getattr(a, k) for k in _PLAN_FLAGS}
+    overrides = {k: getattr(a, k) for k in ("strategy", *SCHEDULE_KEYS, *POLICY_KEYS)}
     cfg = load_config(a.config, overrides)
     given = (read_yaml(a.config).get("schedule") or {}).get("preset")
     preset = a.preset or given or ("sample" if cfg.data.is_sample else "imagenet")
     return cfg.make_policy(), cfg.lr_steps, scale_preset(preset, cfg.schedule.epochs)
 
 
-def _train_parser(sub) -> argparse.ArgumentParser:
+def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train under horovodrun / mpirun / SLURM, or as one process")
     p.add_argument("--config", help="YAML file (sections: schedule, policy, data, optim; CLI flags override it)")
     _schedule_flags(p)
-    B = argparse.BooleanOptionalAction
     _policy_flags(p)
+    _run_flags(p)
+    _data_flags(p)
+    _recipe_flags(p)
+    _observability_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    B = argparse.BooleanOptionalAction
     g = p.add_argument_group("run")
     g.add_argument("--model", help="resnet18..152, densenet121/169, mobilenet_v2, mobilenet_v1, resnet_small "
                    "(default: resnet50; resnet_small on the sample data)")
@@ -177,6 +185,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--elastic", action="store_true", default=None,
                    help="under horovodrun --min-np/--max-np with a host discovery script (launch/elastic.sh): "
                         "a lost host rolls the survivors back to the last epoch end, a new one joins at the next")
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--batch-size", type=int, help="per rank (default 64)")
     g.add_argument("--loader", help="dali (default) | torch (torchvision, for comparison)")
@@ -188,21 +199,29 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--hw-decoder-load", type=float, help="GPU: share of JPEGs sent to the hardware decoder "
                    "(default DALI's 0.65; try 0.9 on A100/H100)")
     g.add_argument("--on-bad-sample", help="error (default: stop, naming the file) | skip (exclude, and count)")
-    g.add_argument("--min-crop-area", type=float, help="RandomResizedCrop area floor (default 0.08; 0.25 on sample data)")
+    g.add_argument("--min-crop-area", type=float,
+                   help="RandomResizedCrop area floor (default 0.08; 0.25 on sample data)")
     g.add_argument("--color-jitter", type=float, help="brightness/contrast/saturation strength in [0, 1] (default 0)")
     g.add_argument("--pca-lighting", type=float, help="AlexNet PCA lighting noise std (Bag of Tricks: 0.1; default 0)")
+
+
+def _recipe_flags(p: argparse.ArgumentParser) -> None:
+    B = argparse.BooleanOptionalAction
     g = p.add_argument_group("optimizer and recipe")
     g.add_argument("--lr", type=float, help="base LR (default 0.1 x global batch / 256; 0.8 x on the sample data)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--nesterov", action=B, default=None, help="Nesterov momentum (default off)")
     g.add_argument("--weight-decay", type=float, help="default 1e-4")
     g.add_argument("--no-bias-decay", action=B, default=None, help="no weight decay on biases and BN (default on)")
-    g.add_argument("--label-smoothing", type=float, help="for the gradient only; selection ranks by plain CE (default 0.1)")
+    g.add_argument("--label-smoothing", type=float,
+                   help="for the gradient only; selection ranks by plain CE (default 0.1)")
     g.add_argument("--lr-schedule", help="step (x0.1 after each --lr-steps epoch, default) | cosine")
     g.add_argument("--lr-steps", help="comma list of epochs after which the LR is x0.1 (default: the preset's; "
                    "imagenet 30,60,90, cifar10 150,225, sample 8; none: no decay)")
-    g.add_argument("--lr-warmup-epochs", type=float, help="gradual LR warm-up, in full epochs (default 5; 1 on sample data)")
-    g.add_argument("--zero-gamma", action=B, default=None, help="last BN of each residual block starts at 0 (default on)")
+    g.add_argument("--lr-warmup-epochs", type=float,
+                   help="gradual LR warm-up, in full epochs (default 5; 1 on sample data)")
+    g.add_argument("--zero-gamma", action=B, default=None,
+                   help="last BN of each residual block starts at 0 (default on)")
     g.add_argument("--fp16-allreduce", action=B, default=None, help="compress gradients to fp16 in Horovod's allreduce")
     g.add_argument("--amp", help="auto (bf16 on GPU, off on CPU) | off | bf16 | fp16 (with a GradScaler)")
     g.add_argument("--channels-last", help="auto (on GPU) | on | off: NHWC input batches")
@@ -211,6 +230,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    "batches (default off; a minute or more of compiling at start, then faster steps: BENCHMARKS.md)")
     g.add_argument("--cpu-bind", action=B, default=None, help="on GPU nodes, bind each rank's threads to CPU "
                    "cores near its GPU, split among the GPUs sharing them (default on)")
+
+
+def _observability_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("observability")
     g.add_argument("--metrics-port", help="Prometheus base port; rank r serves on BASE + local_rank; 0 or off disables")
     g.add_argument("--metrics-host", help="interface the metrics server binds (default 0.0.0.0)")
@@ -218,8 +240,6 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    "most this many seconds (default 30: two 15 s scrape intervals; no wait if never scraped)")
     g.add_argument("--pushgateway", help="Pushgateway URL, pushed at each epoch end")
     g.add_argument("--run-id", help="label on every metric series (default: the run folder's name and start time)")
-    return p
-
 
 _NOT_CONFIG = {"cmd", "func", "config", "mpi"}
 
@@ -339,15 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dap-hvd", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dap-hvd {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
+    _plan_parser(sub)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _export_parser(sub)
+    _make_sample_data_parser(sub)
+    _make_fashion_mnist_parser(sub)
+    _verify_data_parser(sub)
+    _sd_file_parser(sub)
+    sub.add_parser("bench", help="run the benchmark suite (writes BENCHMARKS.md); `dap-hvd bench -h` for its flags")
+    sub.add_parser("compare", help="every data policy at the same compute budget on your data, over seeds "
+                   "(a report: table, JSON, Pareto plot); `dap-hvd compare -h` for its flags")
+    return parser
+
+
+def _plan_parser(sub) -> None:
     p = sub.add_parser("plan", help="print the per-epoch plan of a data policy and its compute ratio")
     _schedule_flags(p)
     _policy_flags(p)
     p.add_argument("--num-samples", type=int, help="N: exact integer subset sizes")
-    p.add_argument("--config", help="read the strategy, schedule and policy of a training YAML config (flags override them)")
+    p.add_argument("--config",
+                   help="read the strategy, schedule and policy of a training YAML config (flags override them)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and their LR decay epochs")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
-    _train_parser(sub).set_defaults(func=cmd_train)
+
+
+def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 of a run's last checkpoint (or a checkpoint file), "
                        "as one process or under horovodrun/mpirun")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run folder (its newest checkpoint) or a .pt file")
@@ -358,12 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--mpi", action="store_true", help="hand mpi4py's COMM_WORLD to hvd.init (under mpirun)")
     p.set_defaults(func=cmd_evaluate)
+
+
+def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write a run's model weights alone (safetensors or a state_dict)")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run folder (its newest checkpoint) or a .pt file")
     p.add_argument("--out", required=True, help="FILE: .safetensors for safetensors, anything else for a "
                    "torch state_dict; FILE.json beside it describes the model")
     p.add_argument("--force", action="store_true", help="overwrite FILE and FILE.json if they exist")
     p.set_defaults(func=cmd_export)
+
+
+def _make_sample_data_parser(sub) -> None:
     p = sub.add_parser("make-sample-data", help="write the embedded sample dataset (ImageNet layout)")
     p.add_argument("dir", help="where to write DIR/{train,val}/<class>/*.jpg")
     p.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
@@ -376,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace DIR even if it holds something make-sample-data did not write")
     p.set_defaults(func=cmd_make_sample_data)
+
+
+def _make_fashion_mnist_parser(sub) -> None:
     p = sub.add_parser("make-fashion-mnist", help="write Fashion-MNIST (real images) in the ImageNet layout")
     p.add_argument("dir", help="where to write DIR/{train,val}/<class name>/<index>.png")
     p.add_argument("--source", help="folder with the IDX files (default: where `apt-get install "
@@ -386,22 +433,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace DIR even if it holds what make-fashion-mnist did not write (or this very dataset)")
     p.set_defaults(func=cmd_make_fashion_mnist)
+
+
+def _verify_data_parser(sub) -> None:
     p = sub.add_parser("verify-data", help="list every unreadable / corrupt / non-image file; non-zero if any")
     p.add_argument("root", help="dataset root in the ImageNet layout")
     p.add_argument("--file-list", help="check a 'path label' file list (paths relative to ROOT) instead of folders")
     p.add_argument("--splits", default="train,val", help="comma list of split folders to check (default train,val)")
     p.add_argument("--workers", type=int, default=4, help="decode threads (default 4)")
     p.set_defaults(func=cmd_verify_data)
+
+
+def _sd_file_parser(sub) -> None:
     p = sub.add_parser("sd-file", help="write a Prometheus file_sd targets file for a host list")
     p.add_argument("--hosts", required=True, help="host:slots,host:slots (horovodrun -H syntax)")
     p.add_argument("--base-port", type=int, required=True, help="rank r of a host serves on BASE + local rank")
     p.add_argument("--run-id", default="", help="run_id label on the targets")
     p.add_argument("--out", required=True, help="targets file to write (JSON, Prometheus file_sd)")
     p.set_defaults(func=cmd_sd_file)
-    sub.add_parser("bench", help="run the benchmark suite (writes BENCHMARKS.md); `dap-hvd bench -h` for its flags")
-    sub.add_parser("compare", help="every data policy at the same compute budget on your data, over seeds "
-                   "(a report: table, JSON, Pareto plot); `dap-hvd compare -h` for its flags")
-    return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:

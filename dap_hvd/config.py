@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Iterable, Literal, NamedTuple, Optional
 
 from dap_hvd import ConfigError
-from dap_hvd.policy.policies import POLICIES, REGISTRY, SCHEDULE_PARAMS, make_policy
+from dap_hvd.policy.policies import POLICIES, REGISTRY, SCHEDULE_PARAMS, PolicyEntry, make_policy
 from dap_hvd.policy.schedule import PRESETS, ScaledPreset, Schedule, scale_preset
 
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
@@ -199,8 +201,9 @@ class TrainConfig:
         return int(round(self.image_size * 256 / 224))
 
     def base_lr(self, global_batch: int) -> float:
-        """Linear scaling (Goyal et al.): 0.1 per 256 images. The tiny sample set with its small
-        model trains far better at 0.8 per 256 (measured: top-1 0.52 -> 0.80 in 12 epochs)."""
+        """Linear scaling (Goyal et al.): proportional to the global batch, 0.1 per 256 images. The
+        sample data's rate is 8x that (0.8 per 256): its small model and 12-epoch preset are tuned
+        at that rate (the comparison belongs in BENCHMARKS.md)."""
         if self.optim.lr is not None:
             return self.optim.lr
         return (0.8 if self.data.is_sample else 0.1) * global_batch / 256
@@ -246,12 +249,22 @@ class TrainConfig:
         d["schedule"] = self.schedule.to_dict()
         return d
 
+    def resolved(self, base_lr: float) -> dict:
+        """The config with every data-dependent default written out, so the file says what ran and
+        means the same wherever it is read (evaluate on another data path, resume). `base_lr` is
+        the run's (base_lr() at its global batch, or the one carried over on resume)."""
+        d = self.to_dict()
+        d["resume"] = d["stop_after"] = None
+        d["model"] = self.model_name
+        d["policy"] = self.policy_params  # only what the chosen policy reads: the others would be refused
+        d["schedule"] = self.used_schedule()  # likewise: E, and DaP's parameters for dap and random
+        d["data"].update(image_size=self.image_size, val_resize=self.val_resize, min_crop_area=self.min_crop_area)
+        d["optim"].update(lr=base_lr, lr_steps=list(self.lr_steps), lr_warmup_epochs=self.lr_warmup_epochs)
+        return d
+
 
 # Sections of the YAML file, and the dataclass each one fills. Flags use dashes, keys underscores.
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "policy": PolicyConfig}
-# The schedule section is resolved against a preset (and so are the LR decay epochs); its types:
-_SCHEDULE_TYPES = {"preset": str, "epochs": int, "warmup": int, "interval": int, "keep": float,
-                   "active": Optional[int], "reuse": tuple[int, ...]}
 _FLAGS = {"root": "--data"}  # where the CLI flag is not the key's name
 NONE_WORDS = ("none", "inf", "unlimited", "")
 
@@ -261,9 +274,8 @@ def _where(section: Optional[str], key: str) -> str:
     return f"{dotted} ({_FLAGS.get(key, '--' + key.replace('_', '-'))})"
 
 
-def _by_field(section: Optional[str], cls, build, key: Optional[str] = None):
-    """Run a pydantic validation; its errors become one ConfigError naming every bad field
-    (`key`: the field, when a single value is validated)."""
+def _by_field(section: Optional[str], cls, build):
+    """Run a pydantic validation; its errors become one ConfigError naming every bad field."""
     from pydantic import ValidationError
 
     try:
@@ -271,10 +283,11 @@ def _by_field(section: Optional[str], cls, build, key: Optional[str] = None):
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            name = key or str(err["loc"][0])
+            name = str(err["loc"][0])
             if err["type"] == "unexpected_keyword_argument":
                 known = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
-                problems.append(f"unknown config key {(section + '.' if section else '') + name!r}; known keys: {known}")
+                dotted = (section + "." if section else "") + name
+                problems.append(f"unknown config key {dotted!r}; known keys: {known}")
             else:
                 problems.append(f"{_where(section, name)}: {err['msg'][0].lower() + err['msg'][1:]}, "
                                 f"got {err['input']!r}")
@@ -300,6 +313,15 @@ POLICY_KEYS = tuple(f.name for f in dataclasses.fields(PolicyConfig))
 _PLACEHOLDER = Schedule(epochs=1, warmup=0, interval=1, keep=1.0)
 
 
+class Sections(NamedTuple):
+    """The config's sections after their type check; None where it failed."""
+
+    data: Optional[DataConfig]
+    optim: Optional[OptimConfig]
+    policy: Optional[PolicyConfig]
+    top: Optional[TrainConfig]  # the top-level keys, over placeholder sections
+
+
 def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = None,
                 raw: Optional[dict] = None, notes: Optional[list] = None) -> TrainConfig:
     """Build the run's config. `overrides` maps flag names (batch_size, keep, ...) or dotted
@@ -308,12 +330,40 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
     checked when it was written, and the keys its policy does not read (which older runs wrote
     too) are dropped rather than refused. Every bad field, from the file and the flags alike,
     is named in one ConfigError. `notes` (a list) receives what the defaults chose, for the log."""
-    source = yaml_path or "config"
-    record = raw is not None
-    raw = dict(raw) if raw is not None else (read_yaml(yaml_path) if yaml_path else {})
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     problems: list[str] = []
+    record = raw is not None
+    raw = dict(raw) if record else (read_yaml(yaml_path) if yaml_path else {})
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    strategy = overrides.get("strategy", raw.get("strategy", "dap"))
+    entry = REGISTRY.get(strategy) if isinstance(strategy, str) else None
+    tree = _tree(raw, overrides, yaml_path or "config", entry if record else None, problems)
+    resolved = schedule_from(tree["schedule"], {}, strategy=strategy if entry is not None else "dap",
+                             default_preset="sample" if _is_sample(tree["data"]) else "imagenet", problems=problems)
+    s = _typed_sections(tree, problems)
+    if entry is not None:
+        check_policy_params(strategy, [("schedule", k) for k in tree["schedule"]] +
+                            [("policy", k) for k in tree["policy"] if k in POLICY_KEYS], problems)
+    optim = s.optim
+    if resolved is not None and optim is not None and optim.lr_steps is None:
+        optim = dataclasses.replace(optim, lr_steps=resolved.preset.lr_steps)
+    policy_obj = None
+    if entry is not None and s.policy is not None:
+        policy_obj = _checked(problems, lambda: make_policy(strategy, resolved.schedule if resolved else _PLACEHOLDER,
+                                                            **dataclasses.asdict(s.policy)))
+    _validate(problems, s.data, optim, s.top, resolved.schedule if resolved else None, policy_obj)
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))  # in order, each once
+    cfg = dataclasses.replace(s.top, schedule=resolved.schedule, data=s.data, optim=optim, policy=s.policy)
+    if notes is not None:
+        given = set(tree["schedule"]) | ({"lr_steps"} if "lr_steps" in tree["optim"] else set())
+        notes.extend(n for n in (schedule_note(strategy, resolved.preset, given), cfg.small_image_note()) if n)
+    return cfg
 
+
+def _tree(raw: dict, overrides: dict, source: str, record_entry: Optional[PolicyEntry], problems: list) -> dict:
+    """The config as {section: {key: value}} (None: the top level), the flags over the file. A
+    run's record (`record_entry`: its policy) keeps only the keys that policy reads."""
+    raw = dict(raw)
     tree: dict = {}
     for name in ("schedule", *_SECTIONS):
         section = raw.pop(name, None) or {}
@@ -323,11 +373,9 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
             section = {}
         tree[name] = dict(section)
     tree[None] = raw
-    strategy = overrides.get("strategy", raw.get("strategy", "dap"))
-    entry = REGISTRY.get(strategy) if isinstance(strategy, str) else None
-    if record and entry is not None:
+    if record_entry is not None:
         for name in ("schedule", "policy"):
-            tree[name] = {k: v for k, v in tree[name].items() if k in entry.params or k in ("preset", "epochs")}
+            tree[name] = {k: v for k, v in tree[name].items() if k in record_entry.params or k in ("preset", "epochs")}
     for key, value in overrides.items():
         section, _, name = key.rpartition(".")
         if not section:
@@ -335,68 +383,133 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
         tree[section or None][name] = value
     if "lr_steps" in tree["optim"]:
         tree["optim"]["lr_steps"] = csv_list(tree["optim"]["lr_steps"])
+    return tree
 
-    def checked(build):
+
+def _is_sample(data: dict) -> bool:
+    """Whether the data section names the sample data (DataConfig.is_sample, on the untyped keys):
+    its preset is then 'sample'."""
+    root = data.get("root")
+    return root is None or (isinstance(root, str) and (Path(root) / "sample-spec.json").is_file())
+
+
+def _checked(problems: list, build):
+    """build(), or None with its ConfigError appended to `problems`."""
+    try:
+        return build()
+    except ConfigError as e:
+        problems.append(str(e))
+        return None
+
+
+def _typed_sections(tree: dict, problems: list) -> Sections:
+    """Each section type-checked by pydantic; a section that fails is None, left out of the range checks."""
+    return Sections(
+        data=_checked(problems, lambda: _section(DataConfig, "data", tree["data"])),
+        optim=_checked(problems, lambda: _section(OptimConfig, "optim", tree["optim"])),
+        policy=_checked(problems, lambda: _section(PolicyConfig, "policy", tree["policy"])),
+        top=_checked(problems, lambda: _section(TrainConfig, None, tree[None], schedule=_PLACEHOLDER, data=DataConfig(),
+                                                optim=OptimConfig(), policy=PolicyConfig())))
+
+
+# ---- The schedule section, typed without pydantic so that `plan` stays fast, by the lax rules
+# pydantic applies to the other sections: a whole float is an integer, a numeric string a number,
+# a bool a number. tests/test_config.py holds the two to the same answers.
+SCHEDULE_KEYS = ("preset", "epochs", "warmup", "interval", "keep", "active", "reuse")
+_WHOLE = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0*)?")
+
+
+def _as_int(v: Any) -> int:
+    v = v.decode() if isinstance(v, bytes) else v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError("input should be a finite number")
+        if not v.is_integer():
+            raise ValueError("input should be a valid integer, got a number with a fractional part")
+        return int(v)
+    if isinstance(v, str):
+        if _WHOLE.fullmatch(v.strip()):
+            return int(v.strip().split(".")[0])
+        raise ValueError("input should be a valid integer, unable to parse string as an integer")
+    raise ValueError("input should be a valid integer")
+
+
+def _as_float(v: Any) -> float:
+    v = v.decode() if isinstance(v, bytes) else v
+    try:
+        if isinstance(v, (int, float)):
+            return float(v)
+    except OverflowError:
+        raise ValueError("input should be a valid number") from None
+    if isinstance(v, str):
         try:
-            return build()
+            if v.isascii():
+                return float(v)
+        except ValueError:
+            pass
+        raise ValueError("input should be a valid number, unable to parse string as a number")
+    raise ValueError("input should be a valid number")
+
+
+def _as_str(v: Any) -> str:
+    if isinstance(v, (str, bytes)):
+        return v.decode() if isinstance(v, bytes) else v
+    raise ValueError("input should be a valid string")
+
+
+def schedule_value(key: str, value: Any) -> Any:
+    """One key of the schedule section, typed (ConfigError naming the key and its flag). Presence
+    matters: `active` or `reuse` given as null or a none word means none; a key left out means the
+    preset's."""
+    if key not in SCHEDULE_KEYS:
+        raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(SCHEDULE_KEYS)}")
+
+    def bad(msg, got) -> str:
+        return f"{_where('schedule', key)}: {msg}, got {got!r}"
+
+    try:
+        if key in ("preset", "keep"):
+            return _as_str(value) if key == "preset" else _as_float(value)
+        if key == "active":
+            none = value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS)
+            return None if none else _as_int(value)
+        if key != "reuse":
+            return _as_int(value)
+    except ValueError as e:
+        raise ConfigError(bad(e, value)) from None
+    items = () if value is None else csv_list(value)
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(bad("input should be a valid tuple", items))
+    typed, problems = [], []
+    for item in items:
+        try:
+            typed.append(_as_int(item))
+        except ValueError as e:
+            problems.append(bad(e, item))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return tuple(typed)
+
+
+def schedule_from(raw: dict, overrides: dict, *, strategy: str, default_preset: str,
+                  problems: list) -> Optional[ResolvedSchedule]:
+    """The run's schedule, for `train` and `plan` alike: the schedule section `raw` (a YAML file's,
+    or a run's record) with `overrides` (flag values; None: not given) over it, each value typed,
+    the keys the policy `strategy` does not read left out (check_policy_params names them), then
+    resolved against the preset given (else `default_preset`) scaled to E. Pure, and free of
+    pydantic. Every problem is appended to `problems`; None when the schedule cannot be built."""
+    given = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    values = {}
+    for key, value in given.items():
+        try:
+            values[key] = schedule_value(key, value)
         except ConfigError as e:
             problems.append(str(e))
-            return None
-
-    # ---- types, section by section (pydantic); a section that fails is left out of the checks below
-    values = {}
-    for key, value in tree["schedule"].items():
-        before = len(problems)
-        typed = checked(lambda: _schedule_value(key, value))
-        if len(problems) == before:
-            values[key] = typed
-    data = checked(lambda: _section(DataConfig, "data", tree["data"]))
-    optim = checked(lambda: _section(OptimConfig, "optim", tree["optim"]))
-    policy = checked(lambda: _section(PolicyConfig, "policy", tree["policy"]))
-    top = checked(lambda: _section(TrainConfig, None, tree[None], schedule=_PLACEHOLDER, data=DataConfig(),
-                                   optim=OptimConfig(), policy=PolicyConfig()))
-
-    # ---- which parameters the policy reads, the schedule against its preset, each range
-    sample = data.is_sample if data is not None else tree["data"].get("root") is None
-    used = [k for k in values if entry is None or k in ("preset", "epochs") or k in entry.params]
-    resolved = resolve_schedule(strategy if entry is not None else "dap", {k: values[k] for k in used},
-                                "sample" if sample else "imagenet", problems)
-    if entry is not None:
-        check_policy_params(strategy, [("schedule", k) for k in tree["schedule"]] +
-                            [("policy", k) for k in tree["policy"] if k in POLICY_KEYS], problems)
-    if resolved is not None and optim is not None and optim.lr_steps is None:
-        optim = dataclasses.replace(optim, lr_steps=resolved.preset.lr_steps)
-    policy_obj = None
-    if entry is not None and policy is not None:
-        policy_obj = checked(lambda: make_policy(strategy, resolved.schedule if resolved else _PLACEHOLDER,
-                                                 **dataclasses.asdict(policy)))
-    _validate(problems, data, optim, top, resolved.schedule if resolved else None, policy_obj)
-    if problems:
-        raise ConfigError("; ".join(dict.fromkeys(problems)))  # in order, each once
-    cfg = dataclasses.replace(top, schedule=resolved.schedule, data=data, optim=optim, policy=policy)
-    if notes is not None:
-        note = schedule_note(strategy, resolved.preset, given=set(values) | ({"lr_steps"} if "lr_steps" in tree["optim"]
-                                                                              else set()))
-        if note:
-            notes.append(note)
-        small = cfg.small_image_note()
-        if small:
-            notes.append(small)
-    return cfg
-
-
-def _schedule_value(key: str, value: Any) -> Any:
-    """One schedule key, its type checked by pydantic. Presence matters: a key given as null
-    means 'none', a key left out means 'the preset's'."""
-    from pydantic import TypeAdapter
-
-    if key not in _SCHEDULE_TYPES:
-        raise ConfigError(f"unknown config key 'schedule.{key}'; known keys: {', '.join(_SCHEDULE_TYPES)}")
-    if key == "reuse":
-        value = () if value is None else csv_list(value)
-    elif key == "active" and isinstance(value, str) and value.strip().lower() in NONE_WORDS:
-        value = None
-    return _by_field("schedule", Schedule, lambda: TypeAdapter(_SCHEDULE_TYPES[key]).validate_python(value), key=key)
+    reads = REGISTRY[strategy].params
+    used = {k: v for k, v in values.items() if k in ("preset", "epochs") or k in reads}
+    return resolve_schedule(strategy, used, default_preset, problems)
 
 
 def _flags(keys: Iterable[str]) -> str:
@@ -478,7 +591,7 @@ def schedule_note(strategy: str, preset: ScaledPreset, given: set) -> Optional[s
 
 
 def _section_of(name: str) -> Optional[str]:
-    if name in _SCHEDULE_TYPES:
+    if name in SCHEDULE_KEYS:
         return "schedule"
     for section, cls in _SECTIONS.items():
         if name in {f.name for f in dataclasses.fields(cls)}:
@@ -495,59 +608,71 @@ def _validate(problems: list, d: Optional[DataConfig], o: Optional[OptimConfig],
             problems.append(f"{_where(section, key)}: {msg}")
 
     if d is not None:
-        check(d.batch_size >= 1, "data", "batch_size", f"must be >= 1, got {d.batch_size}")
-        check(d.workers is None or d.workers >= 1, "data", "workers", f"must be >= 1, got {d.workers}")
-        check(d.hw_decoder_load is None or 0 <= d.hw_decoder_load <= 1, "data", "hw_decoder_load",
-              f"must be in [0, 1], got {d.hw_decoder_load}")
-        check(d.image_size is None or d.image_size >= 8, "data", "image_size", f"must be >= 8, got {d.image_size}")
-        check(d.min_crop_area is None or 0 < d.min_crop_area <= 1, "data", "min_crop_area",
-              f"must be in (0, 1], got {d.min_crop_area}")
-        check(0 <= d.color_jitter <= 1, "data", "color_jitter", f"must be in [0, 1], got {d.color_jitter}")
-        check(d.pca_lighting >= 0, "data", "pca_lighting", f"must be >= 0, got {d.pca_lighting}")
-        root_ok = d.root is None or Path(d.root).is_dir()
-        check(root_ok, "data", "root", f"{d.root} is not a directory")
-        if root_ok and (d.image_size is None or d.image_size >= 8):
-            crop = TrainConfig(schedule=_PLACEHOLDER, data=d).image_size
-            check(d.val_resize is None or d.val_resize >= crop, "data", "val_resize",
-                  f"must be >= the crop size {crop}, got {d.val_resize}")
+        _check_data(check, d)
     if o is not None:
-        # fp16 gradients scaled by the GradScaler (65536 at first) are cast to fp16 and *summed* across
-        # ranks before Horovod divides: they overflow, and most steps would be skipped.
-        check(not (o.amp == "fp16" and o.fp16_allreduce), "optim", "fp16_allreduce",
-              "cannot be combined with --amp fp16: the loss-scaled gradients overflow fp16 when summed across "
-              "ranks; use --amp bf16 with --fp16-allreduce, or drop --fp16-allreduce")
-        # SyncBatchNorm allreduces inside its forward and backward: a compiled graph would break at
-        # every BN layer, paying the compile time for nothing.
-        check(not (o.compile and o.sync_bn), "optim", "compile", "cannot be combined with --sync-bn: Horovod's "
-              "SyncBatchNorm calls an allreduce inside every BN layer, which splits the compiled graph at each one; "
-              "drop one of the two")
-        check(o.lr is None or o.lr > 0, "optim", "lr", f"must be > 0, got {o.lr}")
-        check(0 <= o.momentum < 1, "optim", "momentum", f"must be in [0, 1), got {o.momentum}")
-        check(o.weight_decay >= 0, "optim", "weight_decay", f"must be >= 0, got {o.weight_decay}")
-        check(0 <= o.label_smoothing < 1, "optim", "label_smoothing", f"must be in [0, 1), got {o.label_smoothing}")
-        check(o.lr_warmup_epochs is None or o.lr_warmup_epochs >= 0, "optim", "lr_warmup_epochs",
-              f"must be >= 0, got {o.lr_warmup_epochs}")
-        if schedule is not None:
-            for s in o.lr_steps or ():
-                check(1 <= s <= schedule.epochs, "optim", "lr_steps", f"epoch {s} outside 1..{schedule.epochs}")
+        _check_optim(check, o, schedule)
     if top is not None:
-        check(top.eval_every >= 1, None, "eval_every", f"must be >= 1, got {top.eval_every}")
-        check(top.keep_checkpoints >= 1, None, "keep_checkpoints", f"must be >= 1, got {top.keep_checkpoints}")
-        check(top.metrics_linger >= 0, None, "metrics_linger", f"must be >= 0, got {top.metrics_linger}")
-        check(0 <= top.metrics_port <= 65535, None, "metrics_port",
-              f"must be a port number or 0/off, got {top.metrics_port}")
-        if schedule is not None:
-            check(top.stop_after is None or 1 <= top.stop_after <= schedule.epochs, None, "stop_after",
-                  f"must be in 1..{schedule.epochs}, got {top.stop_after}")
-        check(top.max_steps_per_epoch is None or top.max_steps_per_epoch >= 1, None, "max_steps_per_epoch",
-              "must be >= 1")
-        # A capped epoch trains only part of the subset, so a loss-driven selection would rank
-        # samples it never saw. Refused rather than silently selecting among a part.
-        if policy is not None:
-            check(top.max_steps_per_epoch is None or not policy.uses_scores, None,
-                  "max_steps_per_epoch", f"cannot be combined with --strategy {top.strategy}, which ranks samples "
-                  f"by their losses; a capped epoch sees only part of the subset (use --strategy random, rs2 or "
-                  f"full to debug with capped epochs)")
+        _check_run(check, top, schedule, policy)
+
+
+def _check_data(check, d: DataConfig) -> None:
+    check(d.batch_size >= 1, "data", "batch_size", f"must be >= 1, got {d.batch_size}")
+    check(d.workers is None or d.workers >= 1, "data", "workers", f"must be >= 1, got {d.workers}")
+    check(d.hw_decoder_load is None or 0 <= d.hw_decoder_load <= 1, "data", "hw_decoder_load",
+          f"must be in [0, 1], got {d.hw_decoder_load}")
+    check(d.image_size is None or d.image_size >= 8, "data", "image_size", f"must be >= 8, got {d.image_size}")
+    check(d.min_crop_area is None or 0 < d.min_crop_area <= 1, "data", "min_crop_area",
+          f"must be in (0, 1], got {d.min_crop_area}")
+    check(0 <= d.color_jitter <= 1, "data", "color_jitter", f"must be in [0, 1], got {d.color_jitter}")
+    check(d.pca_lighting >= 0, "data", "pca_lighting", f"must be >= 0, got {d.pca_lighting}")
+    root_ok = d.root is None or Path(d.root).is_dir()
+    check(root_ok, "data", "root", f"{d.root} is not a directory")
+    if root_ok and (d.image_size is None or d.image_size >= 8):
+        crop = TrainConfig(schedule=_PLACEHOLDER, data=d).image_size
+        check(d.val_resize is None or d.val_resize >= crop, "data", "val_resize",
+              f"must be >= the crop size {crop}, got {d.val_resize}")
+
+
+def _check_optim(check, o: OptimConfig, schedule: Optional[Schedule]) -> None:
+    # fp16 gradients scaled by the GradScaler (65536 at first) are cast to fp16 and *summed* across
+    # ranks before Horovod divides: they overflow, and most steps would be skipped.
+    check(not (o.amp == "fp16" and o.fp16_allreduce), "optim", "fp16_allreduce",
+          "cannot be combined with --amp fp16: the loss-scaled gradients overflow fp16 when summed across "
+          "ranks; use --amp bf16 with --fp16-allreduce, or drop --fp16-allreduce")
+    # SyncBatchNorm allreduces inside its forward and backward: a compiled graph would break at
+    # every BN layer, paying the compile time for nothing.
+    check(not (o.compile and o.sync_bn), "optim", "compile", "cannot be combined with --sync-bn: Horovod's "
+          "SyncBatchNorm calls an allreduce inside every BN layer, which splits the compiled graph at each one; "
+          "drop one of the two")
+    check(o.lr is None or o.lr > 0, "optim", "lr", f"must be > 0, got {o.lr}")
+    check(0 <= o.momentum < 1, "optim", "momentum", f"must be in [0, 1), got {o.momentum}")
+    check(o.weight_decay >= 0, "optim", "weight_decay", f"must be >= 0, got {o.weight_decay}")
+    check(0 <= o.label_smoothing < 1, "optim", "label_smoothing", f"must be in [0, 1), got {o.label_smoothing}")
+    check(o.lr_warmup_epochs is None or o.lr_warmup_epochs >= 0, "optim", "lr_warmup_epochs",
+          f"must be >= 0, got {o.lr_warmup_epochs}")
+    if schedule is not None:
+        for s in o.lr_steps or ():
+            check(1 <= s <= schedule.epochs, "optim", "lr_steps", f"epoch {s} outside 1..{schedule.epochs}")
+
+
+def _check_run(check, top: TrainConfig, schedule: Optional[Schedule], policy) -> None:
+    check(top.eval_every >= 1, None, "eval_every", f"must be >= 1, got {top.eval_every}")
+    check(top.keep_checkpoints >= 1, None, "keep_checkpoints", f"must be >= 1, got {top.keep_checkpoints}")
+    check(top.metrics_linger >= 0, None, "metrics_linger", f"must be >= 0, got {top.metrics_linger}")
+    check(0 <= top.metrics_port <= 65535, None, "metrics_port",
+          f"must be a port number or 0/off, got {top.metrics_port}")
+    if schedule is not None:
+        check(top.stop_after is None or 1 <= top.stop_after <= schedule.epochs, None, "stop_after",
+              f"must be in 1..{schedule.epochs}, got {top.stop_after}")
+    check(top.max_steps_per_epoch is None or top.max_steps_per_epoch >= 1, None, "max_steps_per_epoch",
+          "must be >= 1")
+    # A capped epoch trains only part of the subset, so a loss-driven selection would rank
+    # samples it never saw. Refused rather than silently selecting among a part.
+    if policy is not None:
+        check(top.max_steps_per_epoch is None or not policy.ranks_by_loss, None,
+              "max_steps_per_epoch", f"cannot be combined with --strategy {top.strategy}, which ranks samples "
+              f"by their losses; a capped epoch sees only part of the subset (use --strategy random, rs2 or "
+              f"full to debug with capped epochs)")
 
 
 def read_yaml(path: str) -> dict:

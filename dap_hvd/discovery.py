@@ -15,13 +15,12 @@ not collide either.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional
 
 from dap_hvd import ConfigError
+from dap_hvd.files import write_atomic
 
 DEFAULT_BASE_PORT = 27400
 JOB_PORT_STRIDE = 16  # ports per job: local ranks per node (8 GPUs, or up to 16 CPU ranks)
@@ -85,11 +84,7 @@ def write_sd_file(path: str | Path, hosts: list[tuple[str, int]], base_port: int
 
 def _write_targets(path: Path, groups: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # Prometheus must never read half a file
-    os.fchmod(fd, TARGETS_MODE)  # mkstemp makes 0600
-    with os.fdopen(fd, "w") as f:
-        json.dump(groups, f, indent=1)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(groups, indent=1).encode(), mode=TARGETS_MODE)  # never half a file
 
 
 def record_ports(path: str | Path, ports: list[int]) -> Optional[list[str]]:

@@ -6,6 +6,7 @@ as single-process code. Indices always travel as int64: float tensors lose preci
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ from horovod.common.elastic import State as ElasticState
 from horovod.common.exceptions import HorovodInternalError as CollectiveError  # noqa: F401 (re-exported)
 
 from dap_hvd import DapError, DataError, notice
-from dap_hvd.data.catalog import first_difference
+from dap_hvd.data.catalog import dataset_mismatch
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,19 @@ def distributed_optimizer(optimizer, model: torch.nn.Module, fp16_allreduce: boo
                                     compression=compression, op=hvd.Average)
 
 
+@contextlib.contextmanager
+def reduced_gradients(optimizer):
+    """Allreduce the gradients now, and let an optimizer step inside the block not reduce them
+    again (Horovod's recipe for a GradScaler, which must unscale and test the reduced gradients
+    before the step). A plain torch optimizer (one process) has nothing to reduce."""
+    if not hasattr(optimizer, "skip_synchronize"):
+        yield
+        return
+    optimizer.synchronize()
+    with optimizer.skip_synchronize():
+        yield
+
+
 def broadcast_training_state(model: torch.nn.Module, optimizer, scaler=None, *, resumed: bool) -> None:
     """Make every replica rank 0's: optimizer state (only when `resumed`), then parameters and
     buffers, then the GradScaler.
@@ -196,8 +210,8 @@ def check_replicas(model: torch.nn.Module, scaler, when: str) -> list[str]:
 
 
 def check_same_dataset(what: str, digest: str, paths: tuple[str, ...]) -> None:
-    """Every rank must hold rank 0's catalog. A mismatch fails every rank (never a stall), and
-    the ranks that differ name their host and their first differing path."""
+    """Every rank must hold rank 0's catalog (by its digest); on a mismatch every rank fails,
+    with the message of data.catalog.dataset_mismatch."""
     raw = torch.frombuffer(bytearray(bytes.fromhex(digest)), dtype=torch.uint8)
     root = hvd.broadcast(raw.clone(), 0, name=f"dataset.{what}.digest")
     differs = not torch.equal(root, raw)
@@ -205,12 +219,8 @@ def check_same_dataset(what: str, digest: str, paths: tuple[str, ...]) -> None:
     if not any(flags):
         return
     theirs = broadcast_json(list(paths) if hvd.rank() == 0 else None, name=f"dataset.{what}.paths")
-    odd = [r for r, f in enumerate(flags) if f]
-    if differs:
-        raise DataError(f"rank {hvd.rank()} on {socket.gethostname()}: the {what} dataset differs from rank 0's: "
-                        f"{first_difference(paths, tuple(theirs))}; every rank must see the same files")
-    raise DataError(f"rank(s) {odd} hold a different {what} dataset from rank 0's (their own errors name the "
-                    f"host and the first differing path); every rank must see the same files")
+    raise DataError(dataset_mismatch(what, paths, tuple(theirs), rank=hvd.rank(), host=socket.gethostname(),
+                                     differing=[r for r, f in enumerate(flags) if f]))
 
 
 def allgather_json(obj, name: str) -> list:

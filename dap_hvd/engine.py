@@ -1,7 +1,10 @@
-"""The engine: train one epoch, evaluate. Single-process code; Horovod hides in the optimizer.
+"""The engine: train one epoch, evaluate. Single-process code: the gradient allreduce hides in the
+optimizer (Horovod's DistributedOptimizer), and the one step that must see it, the fp16 scaled
+step, goes through dist.
 
 Per-sample losses come out of the training forward pass (reduction='none') and feed the ledger
-on the device. The host reads running totals only when the progress line redraws, never per step.
+on the device. The host reads running totals only when the progress line redraws and once at the
+epoch's end, never per step.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,20 +43,24 @@ class Precision:
 
     @staticmethod
     @contextlib.contextmanager
-    def kernels(tuned: bool):
-        """cuDNN's autotuner (cudnn.benchmark) times every convolution algorithm the first time it
-        meets an input shape: 7-8 s for ResNet-50 on an H100, for each new shape. Full batches
-        share one shape, but a DaP epoch ends in a partial batch of a new size nearly every epoch,
-        which cost DaP epochs of about 9 s up to 8.6 s more there. Partial batches take cuDNN's
-        heuristic pick instead: 0.2 s the first time on the same GPU (BENCHMARKS.md, GPU)."""
+    def cudnn_autotune(enabled: bool):
+        """cuDNN's autotuner (cudnn.benchmark) on or off inside the block; the caller's setting
+        comes back on exit. The autotuner times every convolution algorithm the first time it meets
+        an input shape, a cost paid again for each new shape. Full batches share one shape and keep
+        it on; a DaP epoch ends in a partial batch of a new size nearly every epoch, which takes
+        cuDNN's heuristic pick instead (the cost of both: BENCHMARKS.md, GPU)."""
         cudnn = torch.backends.cudnn
         before = cudnn.benchmark
-        if not tuned:
+        if not enabled:
             cudnn.benchmark = False
         try:
             yield
         finally:
             cudnn.benchmark = before
+
+    @staticmethod
+    def kernels(tuned: bool):  # TEMP alias (#24): bench_gpu.py still calls the old name
+        return Precision.cudnn_autotune(tuned)
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,6 @@ class EpochStats:
     seconds: float
     data_seconds: float  # time spent waiting for the loader
     last_lr: float
-    global_step: float  # the LR position after the epoch
 
 
 def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smoothing: float,
@@ -82,39 +88,23 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
     epoch's size, more where a policy (InfoBatch) made it shorter than the plan's full-data span.
 
     `weight_of` (by global index) scales each sample's loss in the gradient: InfoBatch's 1/(1-r)
-    on the kept well-learned samples. The ledger never sees the weights.
-
-    The gradient uses the label-smoothed loss; the ledger records plain softmax cross-entropy of
-    the same fp32 logits (the paper's selection signal, section 3.3). The smoothed loss is not
-    monotone in the model's confidence: a sample predicted with p=1.0 scores higher than one at
-    p=0.68, so ranking by it would keep easy samples.
-
-    `compiled` (torch.compile of `model`, sharing its parameters) runs the full batches. The
-    last, partial batch runs `model` eagerly: a graph compiled for one batch size would be
-    recompiled for each epoch's new last size, which costs more than the eager step saves.
+    on the kept well-learned samples. The ledger never sees the weights (_selection_scores).
 
     `batch_size` is the configured per-rank batch: a batch is full when it has that many samples.
     (Without it, the first batch's size: wrong for a shard smaller than one batch, whose only
-    batch is partial, and has a new size every epoch.)
-
-    Under fp16 (`scaler`), a step whose gradients overflow is skipped by the GradScaler: that is
-    its loss-scale search, not divergence. Such steps are counted on the device, their losses
-    left out of `loss_sum`, so the caller's finiteness check sees only the steps taken."""
+    batch is partial, and has a new size every epoch.) Full batches run `compiled` (_network)."""
     model.train()
     dev = precision.device
-    loss_sum = torch.zeros((), device=dev)
-    loss_count = torch.zeros((), device=dev, dtype=torch.int64)
-    skipped = torch.zeros((), device=dev, dtype=torch.int64)
+    sums = _Sums(dev)
     samples = steps = full = 0
-    start = global_step
-    lr = lr_schedule(start)
+    lr = lr_schedule(global_step)
     t_start = t_prev = time.perf_counter()
     data_seconds = 0.0
     for batch in loader:
         t_data = time.perf_counter()
         wait = t_data - t_prev
         data_seconds += wait
-        lr = lr_schedule(start + steps * step_scale)
+        lr = lr_schedule(global_step + steps * step_scale)
         for group in optimizer.param_groups:
             group["lr"] = lr
         images = precision.to_device(batch.images)
@@ -123,37 +113,13 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
 
         full = batch_size or full or len(batch.tags)
         is_full = len(batch.tags) == full
-        net = compiled if compiled is not None and is_full else model
-        with precision.kernels(tuned=is_full):
-            optimizer.zero_grad()
-            with precision.autocast():
-                logits = net(images)
-            logits = logits.float()  # losses in fp32, also under bf16/fp16 autocast
-            per_sample = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
-            loss = per_sample.mean() if weight_of is None else (per_sample * weight_of[indices]).mean()
-            taken = None
-            if scaler is not None:  # fp16: unscale after Horovod's allreduce, step without a 2nd sync
-                scaler.scale(loss).backward()
-                optimizer.synchronize()
-                scaler.unscale_(optimizer)
-                taken = gradients_finite(optimizer)  # the scaler's own test: it skips the step otherwise
-                with optimizer.skip_synchronize():
-                    scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-
+        with precision.cudnn_autotune(enabled=is_full):
+            step = _train_step(_network(model, compiled, is_full), images, targets,
+                               None if weight_of is None else weight_of[indices], optimizer=optimizer,
+                               scaler=scaler, precision=precision, label_smoothing=label_smoothing)
         if ledger is not None:
-            score = per_sample if label_smoothing == 0 else F.cross_entropy(logits.detach(), targets, reduction="none")
-            ledger.record(indices, score, valid)
-        # where, not a product: a NaN padding loss times 0 would still be NaN
-        batch_loss, batch_count = torch.where(valid, per_sample.detach(), 0.0).sum(), valid.sum()
-        if taken is not None:
-            batch_loss, batch_count = torch.where(taken, batch_loss, 0.0), batch_count * taken
-            skipped += ~taken
-        loss_sum += batch_loss
-        loss_count += batch_count
+            ledger.record(indices, _selection_scores(step, targets, label_smoothing), valid)
+        sums.add(step, valid)
         n = images.shape[0]
         samples += n
         steps += 1
@@ -161,14 +127,87 @@ def train_one_epoch(*, model: nn.Module, loader: Loader, optimizer, label_smooth
         if metrics is not None:
             metrics.observe_step(step_seconds=t_prev - t_data, wait_seconds=wait, samples=n)
         if progress is not None:
-            progress.update(steps, n, loss_sum, loss_count, lr)
+            progress.update(steps, n, sums.loss, sums.count, lr)
         if max_steps is not None and steps >= max_steps:
             break
-    return EpochStats(samples=samples, steps=steps, loss_sum=float(loss_sum),
-                      loss_count=int(loss_count), skipped_steps=int(skipped),
-                      finite_parameters=bool(_max_abs(list(model.parameters())).isfinite()),
-                      seconds=time.perf_counter() - t_start,
-                      data_seconds=data_seconds, last_lr=lr, global_step=start + steps * step_scale)
+    finite = bool(_max_abs(list(model.parameters())).isfinite())
+    return EpochStats(samples=samples, steps=steps, loss_sum=float(sums.loss), loss_count=int(sums.count),
+                      skipped_steps=int(sums.skipped), finite_parameters=finite,
+                      seconds=time.perf_counter() - t_start, data_seconds=data_seconds, last_lr=lr)
+
+
+def _network(model: nn.Module, compiled: Optional[nn.Module], is_full: bool) -> nn.Module:
+    """`compiled` (torch.compile of `model`, sharing its parameters) runs the full batches. The
+    last, partial batch runs `model` eagerly: a graph compiled for one batch size would be
+    recompiled for each epoch's new last size, which costs more than the eager step saves."""
+    return compiled if compiled is not None and is_full else model
+
+
+class _Step(NamedTuple):
+    logits: torch.Tensor  # fp32
+    per_sample: torch.Tensor  # the losses the gradient used (label-smoothed, unweighted)
+    taken: Optional[torch.Tensor]  # fp16: a device bool, False when the GradScaler skipped the step
+
+
+def _train_step(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor], *,
+                optimizer, scaler, precision: Precision, label_smoothing: float) -> _Step:
+    """Forward, backward, optimizer step. `weights` scale each sample's loss in the gradient."""
+    optimizer.zero_grad()
+    with precision.autocast():
+        logits = net(images)
+    logits = logits.float()  # losses in fp32, also under bf16/fp16 autocast
+    per_sample = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+    loss = per_sample.mean() if weights is None else (per_sample * weights).mean()
+    if scaler is not None:
+        return _Step(logits, per_sample, _scaled_step(optimizer, scaler, loss))
+    loss.backward()
+    optimizer.step()
+    return _Step(logits, per_sample, None)
+
+
+def _scaled_step(optimizer, scaler, loss: torch.Tensor) -> torch.Tensor:
+    """fp16: the GradScaler's step on the allreduced gradients, unscaled once, reduced once.
+    Returns a device bool, True when the step was taken: a step whose gradients overflow is
+    skipped by the GradScaler, its loss-scale search, which is not divergence (_Sums)."""
+    from dap_hvd import dist  # Horovod, lazily: only the fp16 step needs it here
+
+    scaler.scale(loss).backward()
+    with dist.reduced_gradients(optimizer):
+        scaler.unscale_(optimizer)
+        taken = gradients_finite(optimizer)  # the scaler's own test: it skips the step otherwise
+        scaler.step(optimizer)
+    scaler.update()
+    return taken
+
+
+def _selection_scores(step: _Step, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """What the ledger records: plain softmax cross-entropy of the step's fp32 logits (the
+    paper's selection signal, section 3.3), while the gradient uses the label-smoothed loss. The
+    smoothed loss is not monotone in the model's confidence: a sample predicted with p=1.0 scores
+    higher than one at p=0.68, so ranking by it would keep easy samples."""
+    if label_smoothing == 0:
+        return step.per_sample
+    return F.cross_entropy(step.logits.detach(), targets, reduction="none")
+
+
+class _Sums:
+    """The epoch's running totals, on the device (no host sync per step). The losses of a step
+    the fp16 GradScaler skipped are left out and the step counted, so the caller's finiteness
+    check sees only the steps taken."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.count = torch.zeros((), device=device, dtype=torch.int64)
+        self.skipped = torch.zeros((), device=device, dtype=torch.int64)
+
+    def add(self, step: _Step, valid: torch.Tensor) -> None:
+        # where, not a product: a NaN padding loss times 0 would still be NaN
+        loss, count = torch.where(valid, step.per_sample.detach(), 0.0).sum(), valid.sum()
+        if step.taken is not None:
+            loss, count = torch.where(step.taken, loss, 0.0), count * step.taken
+            self.skipped += ~step.taken
+        self.loss += loss
+        self.count += count
 
 
 # Below this loss scale, fp16 gradients overflow even unscaled: a GradScaler that skipped every
@@ -220,7 +259,7 @@ def evaluate(*, model: nn.Module, loader: Loader, class_of: torch.Tensor, precis
         indices, valid = decode_labels(batch.tags.to(dev))
         targets = class_of[indices]
         full = batch_size or full or len(batch.tags)
-        with precision.kernels(tuned=len(batch.tags) == full), precision.autocast():
+        with precision.cudnn_autotune(enabled=len(batch.tags) == full), precision.autocast():
             logits = model(images)
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices

@@ -10,8 +10,6 @@ model, the class names in label order, the input size and normalization, and whe
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,7 +17,7 @@ import torch
 from dap_hvd import DapError
 from dap_hvd.data.spec import IMAGENET_MEAN, IMAGENET_STD
 from dap_hvd.evaluate import find_checkpoint, load_for_eval
-from dap_hvd.files import publish_mode
+from dap_hvd.files import write_atomic
 
 TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169",
                "mobilenet_v2")
@@ -47,27 +45,14 @@ def export(target: str, out: str, force: bool = False) -> dict:
                       if name in TORCHVISION else
                       f"dap_hvd.models.build_model({name!r}, {len(classes)}).load_state_dict(weights)"))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(dst, lambda path: _write_weights(weights, path, info))
-    _atomic(sidecar, lambda path: Path(path).write_text(json.dumps(info, indent=1)))
+    write_atomic(dst, _weights_bytes(weights, info) if dst.suffix == ".safetensors"
+                 else lambda f: torch.save(weights, f))
+    write_atomic(sidecar, json.dumps(info, indent=1).encode())
     return info
 
 
-def _write_weights(weights: dict, path: str, info: dict) -> None:
-    if path.endswith(".safetensors.tmp"):
-        from safetensors.torch import save_file
+def _weights_bytes(weights: dict, info: dict) -> bytes:
+    """The safetensors file, with `info` in its metadata."""
+    from safetensors.torch import save
 
-        save_file(weights, path, metadata={k: json.dumps(v) for k, v in info.items()})
-    else:
-        torch.save(weights, path)
-
-
-def _atomic(dst: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=dst.suffix + ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        publish_mode(Path(tmp))
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return save(weights, metadata={k: json.dumps(v) for k, v in info.items()})

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, on a machine lent through the `device` tool (../shared/gpu/README.md): it has
+# The GPU checks, on a machine lent through the `device` tool (its notes are not in this repo): it has
 # torch, CUDA, NCCL, nvcc and cmake but no DALI, no Horovod, no MPI and no network.
 # Run from the project's root on that machine, one phase per call, calls back to back:
 #   start    copy chunk.00 and the Horovod sdist to /tmp/gpu, and build Horovod (NCCL + Gloo, no

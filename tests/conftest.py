@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ DAP_HVD = str(BIN / "dap-hvd")
 PY = sys.executable
 
 
-def _env(extra=None):
+def child_env(extra=None):
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
@@ -33,16 +34,33 @@ def _env(extra=None):
     return env
 
 
+
+
+def spawn(cmd, **popen_kw) -> subprocess.Popen:
+    """Start a command in the background, in the tests' environment; the test must end it."""
+    return subprocess.Popen(cmd, env=child_env(), **popen_kw)
+
+
+def wait_until(done, timeout: float, failure: str) -> None:
+    """Poll `done()` every 0.2 s; fail the test with `failure` if it does not hold within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{failure} (waited {timeout} s)")
+        time.sleep(0.2)
+
+
 def run(cmd, timeout=300, env=None, cwd=REPO, check=True) -> subprocess.CompletedProcess:
     """Run a command with a hard timeout; on failure show its output in the test report."""
     try:
-        p = subprocess.run(cmd, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, cwd=cwd, env=child_env(env), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
         pytest.fail(f"timed out after {timeout}s: {' '.join(map(str, cmd))}\n{out[-3000:]}\n{err[-3000:]}")
     if check and p.returncode != 0:
-        pytest.fail(f"exit {p.returncode}: {' '.join(map(str, cmd))}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-4000:]}")
+        pytest.fail(f"exit {p.returncode}: {' '.join(map(str, cmd))}\n"
+                    f"--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-4000:]}")
     return p
 
 

@@ -30,7 +30,8 @@ a = ap.parse_args()
 world = dist.init()
 rng = np.random.default_rng(1234)
 universe_size = 5 * a.subset_size
-subset = np.sort(rng.choice(universe_size, size=a.subset_size, replace=False)).astype(np.int64) + 2**33  # int64-only range
+# + 2**33: indices only int64 can hold
+subset = np.sort(rng.choice(universe_size, size=a.subset_size, replace=False)).astype(np.int64) + 2**33
 global_loss = rng.integers(0, 40, size=a.subset_size).astype(np.float32) / 4  # plenty of ties
 if a.nan_at >= 0:
     global_loss[a.nan_at] = np.nan
@@ -40,7 +41,8 @@ shard = shard_for_rank(subset, epoch=4, seed=9, rank=world.rank, world=world.siz
 ledger = LossLedger(subset, torch.device("cpu"))
 for start in range(0, len(shard.indices), 16):  # batch by batch, like the engine
     idx = torch.from_numpy(shard.indices[start:start + 16])
-    ledger.record(idx, torch.tensor([loss_of[i] for i in idx.tolist()]), torch.from_numpy(shard.valid[start:start + 16]))
+    valid = torch.from_numpy(shard.valid[start:start + 16])
+    ledger.record(idx, torch.tensor([loss_of[i] for i in idx.tolist()]), valid)
 
 status = "ok"
 try:
@@ -54,7 +56,8 @@ try:
         if a.strategy == "dap" else final
     payload = dict(digest=selection_digest(final), expected=selection_digest(expected), size=len(final),
                    bytes_sent=merged.bytes_sent, real=int(shard.valid.sum()),
-                   steps=shard.steps, padding=shard.num_padding, merged_equal=bool(np.array_equal(merged.losses, global_loss)))
+                   steps=shard.steps, padding=shard.num_padding,
+                   merged_equal=bool(np.array_equal(merged.losses, global_loss)))
 except DivergedError as e:
     status, payload = "diverged", dict(error=str(e))
 sys.stdout.write("RESULT " + json.dumps(dict(rank=world.rank, status=status, **payload)) + "\n")

@@ -5,7 +5,10 @@ from pathlib import Path
 
 from test_compare import _runs
 
-from dap_hvd import bench, bench_real, compare
+from dap_hvd.bench import real as bench_real
+from dap_hvd.bench import suite
+from dap_hvd.bench.report import write_markdown
+from dap_hvd.compare.report import build_report
 
 
 def test_the_long_section_is_a_40_epoch_compare_of_every_entry_at_two_budgets():
@@ -18,12 +21,12 @@ def test_the_long_section_is_a_40_epoch_compare_of_every_entry_at_two_budgets():
 
 
 def test_a_compare_report_renders_as_its_section_and_an_older_result_keeps_its_text(tmp_path):
-    rep = compare.build_report(_runs(rs2=(0.75, 0.75, [-0.001, -0.004, -0.007])))
-    sec = bench.render({"long": rep, "real": {"runs": [], "levels": {}}})
+    rep = build_report(_runs(rs2=(0.75, 0.75, [-0.001, -0.004, -0.007])))
+    sec = suite.render({"long": rep, "real": {"runs": [], "levels": {}}})
     assert "long" in sec and "real" not in sec
     assert "That is ≥ 25% saved within 0.5 pt." in sec["long"] and "bench/pareto_long.png" in sec["long"]
     md = tmp_path / "B.md"
-    bench.write_markdown(md, sec)
+    write_markdown(md, sec)
     assert "## (f) Long schedule" in md.read_text()
-    bench.plot_compare({"long": rep}, md)
+    suite.plot_compare({"long": rep}, md)
     assert (tmp_path / "bench" / "pareto_long.png").stat().st_size > 1000

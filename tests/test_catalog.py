@@ -6,7 +6,7 @@ import time
 import pytest
 
 from dap_hvd import DataError
-from dap_hvd.data.catalog import first_difference, load_catalog
+from dap_hvd.data.catalog import dataset_mismatch, first_difference, load_catalog
 
 
 def test_indices_are_stable_and_sorted(tiny_data):
@@ -79,6 +79,20 @@ def test_dataset_digest_covers_paths_labels_and_exclusions(tmp_path):
     assert other.digest() != base
     assert "bee/bee9.jpg" in first_difference(other.paths, cat.paths)
     assert "only on rank 0" in first_difference(cat.paths[:-1], cat.paths)
+
+
+def test_a_dataset_mismatch_names_the_differing_rank_its_host_and_path_and_points_the_others_to_it():
+    """What each rank raises when rank 2 holds another dataset (dist.check_same_dataset's
+    message, without Horovod): rank 2 names its host and its first differing path, every other
+    rank names rank 2."""
+    root = ("ant/a0.jpg", "bee/b0.jpg")
+    mine = ("ant/a0.jpg", "bee/b9.jpg")
+    odd = dataset_mismatch("train", mine, root, rank=2, host="node7", differing=[2])
+    assert odd.startswith("rank 2 on node7: the train dataset differs from rank 0's: ")
+    assert "sample 1 is 'bee/b9.jpg' here and 'bee/b0.jpg' on rank 0" in odd
+    for rank in (0, 1):
+        other = dataset_mismatch("train", root, root, rank=rank, host="node0", differing=[2])
+        assert other.startswith("rank(s) [2] hold a different train dataset from rank 0's") and "node" not in other
 
 
 def test_a_symlink_loop_is_a_one_line_data_error(tmp_path):

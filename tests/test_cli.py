@@ -139,3 +139,11 @@ def test_plan_into_a_closed_pipe_is_quiet():
     p = subprocess.run(f"{sys.executable} -m dap_hvd plan --preset imagenet --json | head -1", shell=True,
                        capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "{" and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+def test_plan_config_takes_every_policy_flag_over_the_file(tmp_path, capsys):
+    cfg = tmp_path / "seta.yaml"
+    cfg.write_text("strategy: seta\nschedule: {epochs: 10}\npolicy: {groups: 5, window: 0.6}\n")
+    assert main(["plan", "--config", str(cfg), "--groups", "4", "--window", "0.5", "--json"]) == 0
+    params = json.loads(capsys.readouterr().out)["params"]
+    assert (params["groups"], params["window"]) == (4, 0.5)

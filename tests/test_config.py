@@ -1,6 +1,7 @@
 """Config: defaults < YAML < CLI, frozen, validated, errors that name the key and the flag."""
 
 import dataclasses
+from typing import Optional
 
 import pytest
 
@@ -202,7 +203,8 @@ def test_policy_parameters_from_yaml_and_flags(tmp_path):
     assert cfg.make_policy().prune_epochs == int(0.75 * cfg.schedule.epochs)
     assert load_config(None, {"strategy": "rs2", "fraction": "0.4"}).make_policy().fraction == 0.4
     # a parameter of another policy would be ignored silently: refused, naming both
-    with pytest.raises(ConfigError, match=r"policy.fraction \(--fraction\): applies to --strategy rs2, not --strategy infobatch"):
+    with pytest.raises(ConfigError,
+                       match=r"policy.fraction \(--fraction\): applies to --strategy rs2, not --strategy infobatch"):
         load_config(str(y), {"fraction": 0.3})
     with pytest.raises(ConfigError, match=r"policy.prune_ratio \(--prune-ratio\): must be in \(0, 1\)"):
         load_config(None, {"strategy": "infobatch", "prune_ratio": 1.5})
@@ -242,3 +244,57 @@ def test_type_errors_are_reported_for_every_field_at_once():
     with pytest.raises(ConfigError, match=r"unknown config key 'policy.ratio'; known keys: anneal, fraction, groups, "
                                           r"prune_ratio, window"):
         load_config(None, {"policy.ratio": 0.3})
+
+
+@pytest.mark.parametrize("strategy", ["dap", "rs2", "full"])
+def test_resolved_config_writes_out_what_the_run_uses(strategy):
+    cfg = load_config(None, {"strategy": strategy, "epochs": 6, "resume": "x", "stop_after": 2})
+    d = cfg.resolved(0.25)
+    assert d["resume"] is None and d["stop_after"] is None and d["model"] == cfg.model_name
+    assert d["policy"] == cfg.policy_params and d["schedule"] == cfg.used_schedule()
+    assert (d["data"]["image_size"], d["data"]["val_resize"], d["data"]["min_crop_area"]) == \
+        (cfg.image_size, cfg.val_resize, cfg.min_crop_area)
+    assert d["optim"]["lr"] == 0.25 and d["optim"]["lr_steps"] == list(cfg.lr_steps)
+    assert d["optim"]["lr_warmup_epochs"] == cfg.lr_warmup_epochs
+    assert cfg.to_dict()["resume"] == "x"  # a copy: the config itself is unchanged
+
+
+SCHEDULE_INPUTS = (1, 0, -3, 12.0, 12.5, "12", " 7 ", "1_000", "+3", "12.0", "x", "", "0.5", " 0.5", "1e3", "inf",
+                   "nan", "0x10", True, False, 0.5, None, float("inf"), float("nan"), [8], (8,), [8, "9"], ["a", 2.5],
+                   "8,9", {"a": 1}, b"5", 10**30)
+
+
+@pytest.mark.parametrize("key", ["preset", "epochs", "warmup", "interval", "keep", "active", "reuse"])
+def test_the_schedule_is_typed_without_pydantic_by_pydantics_rules(key):
+    """schedule_from keeps `plan` free of pydantic; its typing gives pydantic's answers, values and messages."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from dap_hvd.config import NONE_WORDS, csv_list, schedule_value
+
+    kind = {"preset": str, "keep": float, "active": Optional[int], "reuse": tuple[int, ...]}.get(key, int)
+    for value in SCHEDULE_INPUTS:
+        given = value
+        if key == "reuse":
+            given = () if value is None else csv_list(value)
+        elif key == "active" and isinstance(value, str) and value.strip().lower() in NONE_WORDS:
+            given = None
+        try:
+            expected = TypeAdapter(kind).validate_python(given)
+        except ValidationError as e:
+            expected = "; ".join(f"schedule.{key} (--{key}): {err['msg'][0].lower() + err['msg'][1:]}, "
+                                 f"got {err['input']!r}" for err in e.errors())
+        try:
+            got = schedule_value(key, value)
+        except ConfigError as e:
+            got = str(e)
+        assert got == expected or (got != got and expected != expected), (key, value)  # nan == nan
+        assert type(got) is type(expected), (key, value)
+
+
+def test_plan_and_train_report_a_bad_schedule_value_alike(capsys):
+    from dap_hvd.cli import main
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, {"active": "y", "reuse": "4,x"})  # the flags in their parser order
+    assert main(["plan", "--reuse", "4,x", "--active", "y"]) == 2
+    assert capsys.readouterr().err.strip() == f"dap-hvd plan: error: {e.value}"

@@ -11,7 +11,8 @@ SCRIPT = str(REPO / "tests" / "mp_selection.py")
 @pytest.mark.parametrize("np_,n,method", [(2, 1001, "allreduce"), (3, 1000, "allreduce"), (3, 997, "allgather"),
                                           (2, 7, "allgather")])
 def test_selection_identical_on_every_rank(np_, n, method):
-    res = rank_json(horovodrun(np_, [PY, SCRIPT, "--subset-size", n, "--method", method], timeout=120).stdout, "RESULT ")
+    p = horovodrun(np_, [PY, SCRIPT, "--subset-size", n, "--method", method], timeout=120)
+    res = rank_json(p.stdout, "RESULT ")
     assert sorted(res) == list(range(np_))
     digests = {r["digest"] for r in res.values()}
     assert len(digests) == 1
@@ -25,7 +26,8 @@ def test_selection_identical_on_every_rank(np_, n, method):
 
 
 def test_random_strategy_is_broadcast_identically():
-    res = rank_json(horovodrun(3, [PY, SCRIPT, "--subset-size", 500, "--strategy", "random"], timeout=120).stdout, "RESULT ")
+    p = horovodrun(3, [PY, SCRIPT, "--subset-size", 500, "--strategy", "random"], timeout=120)
+    res = rank_json(p.stdout, "RESULT ")
     assert len({r["digest"] for r in res.values()}) == 1
 
 

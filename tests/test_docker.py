@@ -56,7 +56,8 @@ def test_nccl_discovery_and_configure_as_the_image_build_runs_them(tmp_path):
     found = re.search(r"probe: NCCL_INCLUDE_DIRS=(\S+) NCCL_LIBRARIES=(\S+) NCCL_MAJOR_VERSION=2", p.stdout)
     assert found, p.stdout
     include, library = found.groups()
-    assert include.endswith("nvidia/nccl/include") and os.path.realpath(library).endswith("nvidia/nccl/lib/libnccl.so.2")
+    assert include.endswith("nvidia/nccl/include")
+    assert os.path.realpath(library).endswith("nvidia/nccl/lib/libnccl.so.2")
     assert re.search(r"NCCL \d+\.\d+\.\d+ from .*nvidia/nccl \(CUDA \d+", p.stderr)
 
 

@@ -135,15 +135,16 @@ def test_a_shorter_epoch_walks_the_lr_span_of_a_full_one():
     tags = torch.from_numpy(Shard(subset, np.array([True, True]), 1).encoded_labels())
     batches = [Batch(torch.zeros(1, 2), tags[:1]), Batch(torch.zeros(1, 2), tags[1:])]
     model = torch.nn.Linear(2, 2)
-    stats = train_one_epoch(model=model, loader=ListLoader(batches), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                            label_smoothing=0.0, lr_schedule=Spy(0.1, 0, 100, "step"), global_step=8, step_scale=2.0,
+    stats = train_one_epoch(model=model, loader=ListLoader(batches),
+                            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), label_smoothing=0.0,
+                            lr_schedule=Spy(0.1, 0, 100, "step"), global_step=8, step_scale=2.0,
                             class_of=torch.tensor([0, 1]), precision=Precision(torch.device("cpu"), None, False))
-    assert seen == [8, 8.0, 10.0] and stats.global_step == 12.0
+    assert seen == [8, 8.0, 10.0] and stats.steps == 2  # the next epoch starts at 8 + 2 * 2
 
 
 def test_a_partial_batch_skips_cudnn_autotuning_and_the_setting_comes_back(monkeypatch):
-    """Measured on an H100: cuDNN's autotuner spends 5-9 s on every new input shape, and a DaP
-    epoch ends in a batch of a new size nearly every epoch. Full batches keep the tuned kernels;
+    """cuDNN's autotuner pays again for every new input shape, and a DaP epoch ends in a batch of
+    a new size nearly every epoch (BENCHMARKS.md, GPU). Full batches keep the tuned kernels;
     the last, partial one (training and evaluation) runs with cudnn.benchmark off; the user's
     setting is restored afterwards."""
     from dap_hvd.engine import evaluate
@@ -158,7 +159,8 @@ def test_a_partial_batch_skips_cudnn_autotuning_and_the_setting_comes_back(monke
 
     subset = np.arange(5, dtype=np.int64)
     tags = torch.from_numpy(Shard(subset, np.ones(5, dtype=bool), 1).encoded_labels())
-    batches = [Batch(torch.zeros(2, 2), tags[:2]), Batch(torch.zeros(2, 2), tags[2:4]), Batch(torch.zeros(1, 2), tags[4:])]
+    batches = [Batch(torch.zeros(2, 2), tags[:2]), Batch(torch.zeros(2, 2), tags[2:4]),
+               Batch(torch.zeros(1, 2), tags[4:])]
     model = Spy(2, 2)
     args = dict(class_of=torch.zeros(5, dtype=torch.int64), precision=Precision(torch.device("cpu"), None, False))
     train_one_epoch(model=model, loader=ListLoader(batches), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
@@ -256,3 +258,22 @@ def test_divergence_is_a_non_finite_loss_or_model_or_a_scaler_that_gave_up():
     assert divergence(0.0, nonfinite_parameters=False, skipped=1, steps=1, loss_scale=2.0**15) is None
     # ... until every step is skipped and the scale has run down below 1
     assert "GradScaler" in divergence(0.0, nonfinite_parameters=False, skipped=10, steps=10, loss_scale=2.0**-3)
+
+
+def test_an_fp16_step_with_non_finite_gradients_is_skipped_counted_and_left_out_of_the_loss():
+    """The GradScaler's step (through dist.reduced_gradients, a no-op for a plain optimizer): a
+    step whose gradients overflow is skipped, counted on the device, and its losses are left out
+    of the epoch's sums, so only the steps taken reach the divergence check."""
+    model = torch.nn.Linear(2, 2)
+    subset = np.arange(2, dtype=np.int64)
+    tags = torch.from_numpy(Shard(subset, np.ones(2, dtype=bool), 1).encoded_labels())
+    batches = [Batch(torch.ones(1, 2), tags[:1]), Batch(torch.full((1, 2), float("inf")), tags[1:])]
+    scaler = torch.amp.GradScaler("cpu")
+    stats = train_one_epoch(model=model, loader=ListLoader(batches),
+                            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), label_smoothing=0.0,
+                            lr_schedule=LRSchedule(0.1, 0, 100, "step"), global_step=0,
+                            class_of=torch.tensor([0, 1]), precision=Precision(torch.device("cpu"), None, False),
+                            scaler=scaler)
+    assert stats.steps == 2 and stats.skipped_steps == 1 and stats.loss_count == 1
+    assert np.isfinite(stats.loss_sum) and stats.finite_parameters
+    assert scaler.get_scale() < 2.0**16  # the skipped step halved the scale

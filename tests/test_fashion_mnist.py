@@ -70,7 +70,8 @@ def test_bad_or_missing_idx_files_are_named(idx_source, tmp_path):
         write_fashion_mnist(tmp_path / "x", source=tmp_path)
     broken = idx_source / "t10k-labels-idx1-ubyte"
     broken.write_bytes(broken.read_bytes()[:-3])
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: holds 17 bytes of data, its header says shape \(20,\)"):
+    with pytest.raises(DataError,
+                       match=r"t10k-labels-idx1-ubyte: holds 17 bytes of data, its header says shape \(20,\)"):
         read_idx(broken)
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
         write_fashion_mnist(tmp_path / "y", source=idx_source)

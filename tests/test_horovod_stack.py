@@ -9,7 +9,7 @@ SCRIPT = str(REPO / "tests" / "mp_collectives.py")
 
 def _check(results, n):
     assert sorted(results) == list(range(n))
-    for r, res in results.items():
+    for res in results.values():
         assert res["size"] == n
         assert res["sum"] == [float(sum(range(1, n + 1))), 10.0 * sum(range(n))]
         assert res["gather"] == [100 * q + i for q in range(n) for i in range(q + 1)]  # uneven lengths

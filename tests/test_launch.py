@@ -13,8 +13,8 @@ from conftest import REPO, run
 from test_metrics import _free_base_port
 
 pytestmark = pytest.mark.multirank
-TRAIN = ["--epochs", "2", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "2", "--lr-steps", "none", "--batch-size", "16",
-         "--no-progress", "--workers", "1"]
+TRAIN = ["--epochs", "2", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "2", "--lr-steps", "none",
+         "--batch-size", "16", "--no-progress", "--workers", "1"]
 
 
 @pytest.mark.parametrize("script", ["horovodrun.sh", "mpirun.sh"])

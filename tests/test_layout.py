@@ -43,3 +43,10 @@ def test_the_loader_modules_do_not_import_each_other_or_the_holder():
         mods = _imports(PKG / "data" / name)
         assert "dap_hvd.data.loaders" not in mods and "dap_hvd.data.spec" in mods
     assert not {m for m in _imports(PKG / "data" / "spec.py") if m.startswith("dap_hvd.data")}
+
+
+def test_the_policies_and_the_rng_streams_import_no_torch():
+    """policy/ and rng.py are pure numpy: `dap-hvd plan` and the selection tests load neither torch nor a loader."""
+    for path in [*(PKG / "policy").glob("*.py"), PKG / "rng.py"]:
+        heavy = {m for m in _imports(path) if m.split(".")[0] in ("torch", "torchvision", "nvidia", "horovod")}
+        assert not heavy, f"{path.name} imports {heavy}"

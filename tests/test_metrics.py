@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import DAP_HVD, HOROVODRUN, _env, run
+from conftest import DAP_HVD, HOROVODRUN, run, spawn
 from prometheus_client.parser import text_string_to_metric_families
 
 from dap_hvd import discovery
@@ -59,10 +59,11 @@ def scrape(port: int) -> dict:
 def test_live_metrics_agree_with_summary(tiny_data, tmp_path):
     base, out = _free_base_port(), tmp_path / "m"
     cmd = [HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2", DAP_HVD, "train", "--data", str(tiny_data),
-           "--out", str(out), "--epochs", "3", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "3", "--lr-steps", "none",
+           "--out", str(out), "--epochs", "3", "--warmup", "1", "--interval", "1", "--keep", "0.7", "--reuse", "3",
+           "--lr-steps", "none",
            "--batch-size", "16", "--no-progress", "--workers", "1", "--metrics-port", str(base),
            "--metrics-host", "127.0.0.1", "--metrics-linger", "60", "--run-id", "t1"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     by_rank, done_at = {}, None
     try:
         # Scrape all along, as Prometheus does. After training each endpoint stays up until the

@@ -89,7 +89,8 @@ def _digests(summary: dict) -> list:
 
 
 def _check(p: subprocess.CompletedProcess, what: str) -> None:
-    assert p.returncode == 0, f"{what}: exit {p.returncode}\n--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-5000:]}"
+    assert p.returncode == 0, (f"{what}: exit {p.returncode}\n"
+                               f"--- stdout\n{p.stdout[-3000:]}\n--- stderr\n{p.stderr[-5000:]}")
 
 
 @pytest.mark.parametrize("script", ["horovodrun.sh", "mpirun.sh"])
@@ -128,7 +129,8 @@ def test_a_host_lost_mid_epoch_ends_the_job_and_resume_completes_it(cluster, tin
         try:
             rc = job.wait(timeout=90)
         except subprocess.TimeoutExpired:
-            pytest.fail("the job did not end within 90 s of losing a host:\n" + (tmp_path / "job.log").read_text()[-3000:])
+            tail = (tmp_path / "job.log").read_text()[-3000:]
+            pytest.fail("the job did not end within 90 s of losing a host:\n" + tail)
         elapsed = time.time() - t_kill
     finally:
         if job.poll() is None:
@@ -177,8 +179,9 @@ def _start_elastic(cluster, tiny_data, tmp_path: Path, min_np: int, extra_env: d
     hosts_file, out, log_path = tmp_path / "hosts", tmp_path / "run", tmp_path / "job.log"
     hosts_file.write_text("".join(f"{a}:1\n" for a in cluster.host_addrs))
     env = {**_launcher_env(cluster, tmp_path, "horovodrun.sh"), "HOSTS_FILE": str(hosts_file), **extra_env}
-    cmd = [REPO / "launch" / "elastic.sh", "--discovery", REPO / "launch" / "discover_hosts.sh", "--min-np", str(min_np),
-           "--max-np", "2", "--", "--data", tiny_data, "--out", out, "--metrics-port", "0", *train]
+    cmd = [REPO / "launch" / "elastic.sh", "--discovery", REPO / "launch" / "discover_hosts.sh",
+           "--min-np", str(min_np), "--max-np", "2",
+           "--", "--data", tiny_data, "--out", out, "--metrics-port", "0", *train]
     log = open(log_path, "w")
     job = cluster.popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     log.close()  # the child holds its own descriptor
@@ -206,7 +209,8 @@ def test_elastic_survives_a_lost_host_and_takes_it_back(cluster, tiny_data, sing
     assert rc == 0, text[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     hist = summary["epochs"]
-    assert summary["epochs_completed"] == ELASTIC_EPOCHS and [h["epoch"] for h in hist] == list(range(1, ELASTIC_EPOCHS + 1))
+    assert summary["epochs_completed"] == ELASTIC_EPOCHS
+    assert [h["epoch"] for h in hist] == list(range(1, ELASTIC_EPOCHS + 1))
     sizes = [h["world_size"] for h in hist]
     print("world sizes", sizes, "listed again after epoch", back_at, "top1", summary["top1"], "uninterrupted",
           single_host_elastic["top1"], "memberships", summary["memberships"])
@@ -244,7 +248,8 @@ def test_elastic_below_min_np_ends_non_zero_instead_of_hanging(cluster, tiny_dat
         if job.poll() is None:
             job.kill()
     text = log_path.read_text()
-    print(f"below min-np: ended {elapsed:.1f} s after the kill, rc {rc}; last lines:\n" + "\n".join(text.splitlines()[-3:]))
+    last = "\n".join(text.splitlines()[-3:])
+    print(f"below min-np: ended {elapsed:.1f} s after the kill, rc {rc}; last lines:\n{last}")
     assert rc != 0, text[-3000:]
     deadline = time.time() + 20  # the survivor got SIGTERM with the job's end: it may still be exiting
     while cluster.pids(cluster.hosts[0], "dap-hvd train") and time.time() < deadline:

@@ -10,7 +10,7 @@ from dap_hvd.policy.policies import (
     POLICIES,
     RS2,
     Context,
-    DropSchedule,
+    DropAndPick,
     InfoBatch,
     Selection,
     SeTa,
@@ -86,7 +86,7 @@ def test_infobatch_anneals_on_all_data_in_the_last_epochs(epochs, anneal, prunes
             assert step.action == "prune" and len(step.selection.indices) < 500
         else:
             assert step.action == "full" and step.selection.weights is None and len(step.selection.indices) == 500
-        assert ib.needs_scores(e, None) == (e + 1 <= prunes)
+        assert ib.reads_losses(e, None) == (e + 1 <= prunes)
     p = ib.plan(500)
     assert [e.event for e in p.epochs] == ["full"] + ["prune"] * (prunes - 1) + ["full"] * (epochs - prunes)
     low, high = p.compute_bounds
@@ -142,7 +142,7 @@ def test_rs2_draw_is_a_pure_function_of_seed_and_epoch():
     assert not np.array_equal(rs2.draw(universe, 1, 7).indices, rs2.draw(universe, 2, 7).indices)
     assert rs2.plan(1000).compute_ratio == pytest.approx(0.2)
 
-    assert rs2.needs_scores(3, None) is False
+    assert rs2.reads_losses(3, None) is False
 
 
 # ---------------------------------------------------------------- DaP, random, full through the policy interface
@@ -152,7 +152,7 @@ def test_dap_policy_walks_algorithm_1_and_keeps_the_hardest():
     universe = np.arange(n, dtype=np.int64)
     scores = np.random.default_rng(4).random(n).astype(np.float32)
     dap = make_policy("dap", SCHED)
-    state, sel, sizes = dap.initial_state(), dap.first(universe, 0), []
+    state, sel, sizes = dap.first_state(), dap.first(universe, 0), []
     for e in range(1, SCHED.epochs + 1):
         sizes.append(len(sel.indices))
         step = dap.select(ctx(e, universe, current=sel, scores=scores, state=state, final=e == SCHED.epochs))
@@ -173,7 +173,7 @@ def test_dap_refuses_non_finite_scores_with_the_samples():
     scores[7] = np.inf
     dap = make_policy("dap", Schedule(epochs=4, warmup=1, interval=1, keep=0.5))
     with pytest.raises(DivergedError, match=r"epoch 2.*\[7\]"):
-        dap.select(ctx(2, universe, scores=scores, state=dap.initial_state()))
+        dap.select(ctx(2, universe, scores=scores, state=dap.first_state()))
 
 
 def test_registry_names_every_policy_and_refuses_unknown_ones():
@@ -183,7 +183,7 @@ def test_registry_names_every_policy_and_refuses_unknown_ones():
     with pytest.raises(ConfigError, match="--strategy.*infobatch"):
         make_policy("kakurenbo", SCHED)
     assert make_policy("full", SCHED).plan(100).compute_ratio == 1.0
-    assert isinstance(make_policy("random", SCHED), DropSchedule)
+    assert isinstance(make_policy("random", SCHED), DropAndPick)
 
 
 def test_the_policy_package_imports_no_torch():
@@ -300,7 +300,7 @@ def test_seta_anneals_on_a_random_draw_and_asks_for_scores_only_before_pruning_e
     assert seta.prune_epochs == 4
     actions = [seta.select(ctx(e, universe, scores=scores)).action for e in range(1, 8)]
     assert actions == ["prune"] * 3 + ["draw"] * 4
-    assert [seta.needs_scores(e, None) for e in range(1, 9)] == [True] * 3 + [False] * 5
+    assert [seta.reads_losses(e, None) for e in range(1, 9)] == [True] * 3 + [False] * 5
     for e in range(5, 9):  # no scores used: a uniform draw of floor((1-r) N), unweighted
         sel = seta.select(ctx(e - 1, universe, scores=scores)).selection
         assert len(sel.indices) == 600 and sel.weights is None
@@ -394,3 +394,15 @@ def test_rs2_shortcut_matches_the_walk_from_the_first_pass(n, r):
     rs2 = RS2(epochs=80, fraction=r)
     for e in range(1, 80):
         assert np.array_equal(rs2.draw(universe, 4, e).indices, _walk_from_the_first_pass(universe, r, 4, e)), e
+
+
+def test_full_data_keeps_every_sample_and_no_state():
+    full = make_policy("full", SCHED)
+    universe = np.arange(50, dtype=np.int64)
+    assert full.first_state() is None and not full.ranks_by_loss
+    assert not any(full.reads_losses(e, None) for e in range(1, SCHED.epochs + 1))
+    step = full.select(ctx(3, universe, scores=np.zeros(50, dtype=np.float32), state=None))
+    assert np.array_equal(step.selection.indices, universe) and step.state is None and step.action == "stay"
+    p = full.plan(50)
+    assert p.num_epochs == SCHED.epochs and p.schedule is None and p.compute_ratio == 1.0
+    assert {(e.event, e.action) for e in p.epochs} == {("full", "stay")}

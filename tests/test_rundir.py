@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import DAP_HVD, PY, _env, run
+from conftest import DAP_HVD, PY, run, spawn, wait_until
 from test_train import COMMON, SCHED, short, summary, train
 
 from dap_hvd import DapError
@@ -67,7 +67,7 @@ def test_the_lock_names_its_holder_and_ends_with_the_process(tmp_path):
     # a killed holder (SIGKILL: no clean-up at all) leaves nothing that blocks the next job
     code = (f"from dap_hvd.rundir import claim; import time; held = claim({str(run_dir)!r}, '--out'); "
             "print('held', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True, env=_env())
+    proc = spawn([PY, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
         with pytest.raises(DapError, match=f"pid {proc.pid}"):
@@ -85,12 +85,9 @@ def test_a_second_job_on_a_live_run_folder_is_refused(tiny_data, tmp_path):
     out = tmp_path / "live"
     cmd = [DAP_HVD, "train", "--data", str(tiny_data), "--out", str(out), *SCHED, *map(str, COMMON),
            "--epochs", "40", "--reuse", "20", "--lr-steps", "20"]
-    first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "summary.json").exists():
-            time.sleep(0.2)
-        assert (out / "summary.json").exists(), "the first job finished no epoch"
+        wait_until((out / "summary.json").exists, 120, "the first job finished no epoch")
         for extra in ([], ["--resume", "auto"]):
             p = run([*cmd, *extra], timeout=120, check=False)
             assert p.returncode == 2, p.stderr[-2000:]
@@ -158,13 +155,9 @@ def test_a_rank_killed_mid_epoch_leaves_a_last_line_that_names_the_checkpoint(ti
     out = tmp_path / "killed"
     cmd = ["horovodrun", "--gloo", "-np", "2", "-H", "localhost:2", DAP_HVD, "train", "--data", str(tiny_data),
            "--out", str(out), *SCHED, *map(str, COMMON), "--epochs", "40", "--reuse", "20", "--lr-steps", "20"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "summary.json").exists():
-            time.sleep(0.2)
-        assert (out / "summary.json").exists(), "training never finished an epoch"
+        wait_until((out / "summary.json").exists, 120, "training never finished an epoch")
         time.sleep(1.0)  # into the next epoch
         pids = subprocess.run(["pgrep", "-f", f"dap_hvd train --data {tiny_data} --out {out}"], capture_output=True,
                               text=True).stdout.split()

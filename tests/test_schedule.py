@@ -61,9 +61,9 @@ def test_interval_restarts_at_each_reuse_epoch():
     # Algorithm 1 as printed never resets T_prev; with alpha set, sampling would then stop after
     # the first cycle. Drops must happen in every cycle.
     p = plan(Schedule(**IMAGENET))
-    drops = [e.epoch for e in p.epochs if e.after == DROP]
+    drops = [e.epoch for e in p.epochs if e.action == DROP]
     assert drops == [12, 14, 16, 18, 32, 34, 36, 38, 62, 64, 66, 68, 92, 94, 96, 98]
-    assert [e.epoch for e in p.epochs if e.after == PICK] == [30, 60, 90]
+    assert [e.epoch for e in p.epochs if e.action == PICK] == [30, 60, 90]
 
 
 def test_decide_is_pure_and_follows_algorithm_1():
@@ -101,8 +101,10 @@ def test_invalid_parameters_name_the_parameter(bad, name):
 
 def test_plan_cli_json_and_no_torch_import():
     out = subprocess.run([sys.executable, "-c",
-                          "import sys; from dap_hvd.cli import main; rc = main(['plan', '--preset', 'imagenet', '--json']);"
-                          "assert 'torch' not in sys.modules, 'plan imported torch'; sys.exit(rc)"],
+                          "import sys; from dap_hvd.cli import main; "
+                          "rc = main(['plan', '--preset', 'imagenet', '--json']);"
+                          "assert 'torch' not in sys.modules, 'plan imported torch'; "
+                          "assert 'pydantic' not in sys.modules, 'plan imported pydantic'; sys.exit(rc)"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
@@ -148,3 +150,14 @@ def test_scaling_keeps_the_fractions_of_the_run_by_the_documented_rule():
             Schedule(**s.params)
             assert all(1 <= e <= epochs for e in s.lr_steps) and len(set(s.lr_steps)) == len(s.lr_steps)
             assert s.params["active"] is None or s.params["active"] > s.params["interval"]
+
+
+def test_dap_state_round_trips_through_the_checkpoint_form():
+    from dap_hvd.policy.policies import state_from_dict, state_to_dict
+
+    st = DapState(t_start=30, t_prev=34)
+    assert st.to_dict() == {"t_start": 30, "t_prev": 34}  # the checkpoint's and the broadcast's shape
+    assert DapState.from_dict(st.to_dict()) == st
+    assert DapState.from_dict(json.loads(json.dumps(st.to_dict()))) == st
+    assert state_from_dict(state_to_dict(st)) == st
+    assert state_to_dict(None) is None and state_from_dict(None) is None

@@ -32,3 +32,19 @@ def test_encoded_labels_round_trip():
     s = shard_for_rank(np.arange(7, dtype=np.int64) * 3, epoch=0, seed=0, rank=1, world=4, batch_size=2)
     idx, valid = decode_labels(s.encoded_labels())
     assert idx.tolist() == s.indices.tolist() and valid.tolist() == s.valid.tolist()
+
+
+def test_every_rng_stream_keeps_its_seed_layout():
+    """The tags are part of every recorded run: a stream draws from default_rng([*keys, tag])."""
+    from dap_hvd import rng
+
+    tags = {"tie-break": 0x71E, "random-keep": 0xD0, "infobatch": 0x1B, "rs2": 0x52, "seta": 0x5E7A,
+            "shard": 0x5EED, "augment": 0xDA11}
+    assert {name: s.tag for name, s in rng.STREAMS.items()} == tags
+    for name, s in rng.STREAMS.items():
+        keys = (7, 3)[:len(s.keys)]
+        assert np.array_equal(rng.stream(name, *keys).random(4), np.random.default_rng([*keys, tags[name]]).random(4))
+    with pytest.raises(TypeError, match="shard"):
+        rng.stream("shard", 7)
+    assert rng.rank_seed(0, 0, 0) == int(np.random.SeedSequence([0, 0, 0]).generate_state(1)[0] % (2**31 - 1))
+    assert len({rng.rank_seed(1, e, r) for e in range(3) for r in range(4)}) == 12

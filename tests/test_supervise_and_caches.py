@@ -7,10 +7,9 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
-from conftest import DAP_HVD, _env
+from conftest import DAP_HVD, spawn, wait_until
 from test_train import COMMON, SCHED
 
 pytestmark = pytest.mark.multirank
@@ -22,12 +21,9 @@ def test_a_failure_while_explaining_a_crash_still_ends_in_one_line(data_copy, tm
     out = tmp_path / "run"
     cmd = [DAP_HVD, "train", "--data", str(data_copy), "--out", str(out), *SCHED, *map(str, COMMON),
            "--epochs", "30", "--reuse", "20", "--lr-steps", "20"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "summary.json").exists():
-            time.sleep(0.2)
-        assert (out / "summary.json").exists(), "no epoch finished"
+        wait_until((out / "summary.json").exists, 120, "no epoch finished")
         (child,) = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         shutil.move(data_copy, tmp_path / "gone")
         subprocess.run(["kill", "-SEGV", child], check=True)

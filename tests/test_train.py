@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import DAP_HVD, HOROVODRUN, _env, horovodrun, mpirun, run
+from conftest import DAP_HVD, HOROVODRUN, child_env, horovodrun, mpirun, run
 
 from dap_hvd.policy.policies import selection_digest
 from dap_hvd.policy.schedule import Schedule, plan
@@ -261,7 +261,7 @@ def test_evaluate_reproduces_the_runs_top1_exactly(dap_run):
 
 
 def rank_payload(stdout):
-    line = next(l for l in stdout.splitlines() if '"top1"' in l)
+    line = next(ln for ln in stdout.splitlines() if '"top1"' in ln)
     return json.loads(line[line.index("{"):])
 
 
@@ -329,7 +329,7 @@ def test_training_from_a_file_list(tiny_data, tmp_path):
 
     cat = load_catalog(tiny_data, "train")
     fl = tmp_path / "half.txt"
-    fl.write_text("".join(f"train/{p} {l}\n" for p, l in zip(cat.paths[::2], cat.labels[::2])))
+    fl.write_text("".join(f"train/{p} {lab}\n" for p, lab in zip(cat.paths[::2], cat.labels[::2])))
     out = tmp_path / "list"
     train(tiny_data, out, "--train-list", fl, *short(2))
     s = summary(out)
@@ -347,7 +347,7 @@ def test_a_dead_rank_ends_the_job(tiny_data, tmp_path):
     out = tmp_path / "dead"
     cmd = [HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2", DAP_HVD, "train", "--data", str(tiny_data),
            "--out", str(out), *SCHED, *COMMON, "--epochs", "40", "--reuse", "20", "--lr-steps", "20"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         deadline = time.time() + 120

@@ -9,10 +9,9 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 
 import pytest
-from conftest import DAP_HVD, _env, horovodrun, run
+from conftest import DAP_HVD, horovodrun, run, spawn, wait_until
 from test_train import COMMON, SCHED, short, summary, train
 
 pytestmark = pytest.mark.multirank
@@ -128,12 +127,9 @@ def test_ctrl_c_says_how_to_resume(tiny_data, tmp_path):
     out = tmp_path / "int"
     cmd = [DAP_HVD, "train", "--data", str(tiny_data), "--out", str(out), *SCHED, *map(str, COMMON),
            "--epochs", "30", "--reuse", "20", "--lr-steps", "20"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "summary.json").exists():
-            time.sleep(0.2)
-        assert (out / "summary.json").exists(), "no epoch finished"
+        wait_until((out / "summary.json").exists, 120, "no epoch finished")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -188,20 +184,15 @@ def test_the_trainer_does_not_outlive_a_killed_launcher_process(tiny_data, tmp_p
     out = tmp_path / "orphan"
     cmd = [DAP_HVD, "train", "--data", str(tiny_data), "--out", str(out), *SCHED, *map(str, COMMON),
            "--epochs", "30", "--reuse", "20", "--lr-steps", "20"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / "summary.json").exists():
-            time.sleep(0.2)
+        wait_until((out / "summary.json").exists, 120, "no epoch finished")
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert children, "the trainer child was not found"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         child = int(children[0])
-        deadline = time.time() + 60
-        while time.time() < deadline and _running(child):
-            time.sleep(0.2)
-        assert not _running(child), "the trainer kept running after its parent was killed"
+        wait_until(lambda: not _running(child), 60, "the trainer kept running after its parent was killed")
         assert "interrupted after epoch" in (out / "train.log").read_text()
     finally:
         subprocess.run(["pkill", "-9", "-f", f"--out {out}"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from dap_hvd import DataError
+from dap_hvd.files import write_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MANIFEST_VERSION = 1
@@ -90,6 +90,18 @@ def first_difference(mine: tuple[str, ...], theirs: tuple[str, ...]) -> str:
         return (f"{len(mine)} samples here and {len(theirs)} on rank 0; the first unmatched one is {extra!r} "
                 f"({'only here' if len(mine) > i else 'only on rank 0'})")
     return "the same paths, but different labels or excluded samples"
+
+
+def dataset_mismatch(what: str, paths: tuple[str, ...], root_paths: tuple[str, ...], *, rank: int, host: str,
+                     differing: list[int]) -> str:
+    """The error a rank raises when the ranks in `differing` hold another `what` dataset than
+    rank 0 (whose paths are `root_paths`). Every rank fails, none stalls: a differing rank names
+    its host and its first differing path, the others point to those ranks' errors."""
+    if rank in differing:
+        return (f"rank {rank} on {host}: the {what} dataset differs from rank 0's: "
+                f"{first_difference(paths, root_paths)}; every rank must see the same files")
+    return (f"rank(s) {differing} hold a different {what} dataset from rank 0's (their own errors name the host "
+            f"and the first differing path); every rank must see the same files")
 
 
 def cache_root() -> Path:
@@ -248,9 +260,6 @@ def _read_manifest(path: Path, split_dir: str, stamps: dict) -> Optional[dict]:
 def _write_manifest(path: Path, data: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data).encode())
     except OSError:
         pass  # a read-only cache only costs a rescan next time

@@ -32,7 +32,9 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from dap_hvd import first_line
 from dap_hvd.data.spec import IMAGENET_MEAN, IMAGENET_STD, PCA_EIGVAL, PCA_EIGVEC, Batch, LoaderError, LoaderSpec
+from dap_hvd.rng import stream as rng_stream
 
 _MEAN = [255 * m for m in IMAGENET_MEAN]
 _STD = [255 * s for s in IMAGENET_STD]
@@ -44,7 +46,7 @@ _DRAWS = 11
 def _draws(spec: LoaderSpec) -> np.ndarray:
     """float32 [n, _DRAWS]: every random choice of this epoch, a function of the spec's seed."""
     n = len(spec.files)
-    rng = np.random.default_rng([spec.seed, 0xDA11])
+    rng = rng_stream("augment", spec.seed)
     d = np.zeros((n, _DRAWS), dtype=np.float32)
     d[:, 0] = rng.uniform(spec.min_area, 1.0, n)
     d[:, 1] = np.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3), n))
@@ -150,10 +152,6 @@ def _build(spec: LoaderSpec, feed: _Feed):
     return pipe()
 
 
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def _fixed(spec: LoaderSpec) -> tuple:
     """What is built into a pipeline; a spec that differs in these needs another pipeline."""
     return (spec.train, spec.batch_size, spec.workers, spec.image_size, spec.val_resize, spec.color_jitter > 0,
@@ -190,7 +188,7 @@ class DaliPipeline:
                 self._it.reset()  # prefetches the first batches of the new list
         except Exception as e:
             self.broken = True
-            raise LoaderError(_first_line(e), broken=True) from None
+            raise LoaderError(first_line(e), broken=True) from None
         return _Epoch(self)
 
     def _batches(self):
@@ -204,7 +202,7 @@ class DaliPipeline:
             return
         except Exception as e:  # DALI reports decode failures as RuntimeError deep in its executor
             self.broken = True
-            raise LoaderError(_first_line(e), broken=True) from None
+            raise LoaderError(first_line(e), broken=True) from None
 
     def finish(self) -> None:
         """End the epoch where it stands (a capped epoch, an error): drain what was prefetched."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dap_hvd.rng import stream
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -47,7 +49,7 @@ def shard_for_rank(selection: np.ndarray, *, epoch: int, seed: int, rank: int, w
         raise ValueError("cannot shard an empty selection")
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside 0..{world - 1}")
-    perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+    perm = stream("shard", seed, epoch).permutation(n)
     order = np.asarray(selection, dtype=np.int64)[perm]
     per_rank = math.ceil(n / world)
     total = per_rank * world

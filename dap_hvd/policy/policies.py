@@ -2,9 +2,9 @@
 
 After each epoch a policy sees the score table, the current subset, the epoch, the seed and its
 parameters, and returns a Step: the next Selection (sorted global indices, plus per-sample loss
-weights where the policy reweights) and its own small state. Randomness comes from generators
-seeded by (seed, epoch, policy tag), so a resumed run draws exactly what the uninterrupted run
-drew, and the checkpoint needs no RNG blob.
+weights where the policy reweights) and its own small state. Randomness comes from the named
+streams of dap_hvd.rng, keyed by (seed, epoch), so a resumed run draws exactly what the
+uninterrupted run drew, and the checkpoint needs no RNG blob.
 
   dap        the paper: every I epochs keep the fraction p of the subset with the highest loss
   random     DaP's schedule with a uniform random keep (the paper's Table 2(f) ablation)
@@ -17,8 +17,8 @@ drew, and the checkpoint needs no RNG blob.
              a window of the groups sliding from easy to hard; the last (1-delta) of the epochs
              train a random (1-r) of the data
 
-The trainer is the thin stateful shell: it records losses when `needs_scores` says so, merges
-them into the score table, and calls `select` on rank 0.
+The trainer is the thin stateful shell: it records losses when `reads_losses` says the next step
+reads them, merges them into the score table, and calls `select` on rank 0.
 """
 
 from __future__ import annotations
@@ -27,13 +27,25 @@ import hashlib
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Callable, NamedTuple, Optional, Protocol
+from typing import Callable, ClassVar, NamedTuple, Optional, Protocol
 
 import numpy as np
 
 from dap_hvd import ConfigError, DivergedError
-from dap_hvd.policy.schedule import DROP, PICK, DapState, EpochPlan, Plan, Schedule, decide, initial_state, keep_count
+from dap_hvd.policy.schedule import (
+    DROP,
+    PICK,
+    DapState,
+    EpochPlan,
+    Plan,
+    Schedule,
+    check_num_samples,
+    decide,
+    initial_state,
+    keep_count,
+)
 from dap_hvd.policy.schedule import plan as plan_schedule
+from dap_hvd.rng import stream
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ def select_hardest(indices: np.ndarray, losses: np.ndarray, count: int,
 
 def tie_break_rng(seed: int, epoch: int) -> np.random.Generator:
     """The generator DaP draws its threshold tie-break from: a resumed run draws the same."""
-    return np.random.default_rng([seed, epoch, 0x71E])
+    return stream("tie-break", seed, epoch)
 
 
 def check_finite(indices: np.ndarray, losses: np.ndarray, epoch: int) -> None:
@@ -102,9 +114,23 @@ def drop_keep(rule: str, indices: np.ndarray, losses: Optional[np.ndarray], coun
         check_finite(indices, losses, epoch)
         return select_hardest(indices, losses, count, rng=tie_break_rng(seed, epoch))
     if rule == "random":
-        rng = np.random.default_rng([seed, epoch, 0xD0])
+        rng = stream("random-keep", seed, epoch)
         return np.sort(np.asarray(indices, dtype=np.int64)[rng.choice(len(indices), size=count, replace=False)])
     return np.asarray(indices, dtype=np.int64)
+
+
+# A policy's own state between epochs, checkpointed with the run and broadcast with each step:
+# DaP's (T_start, T_prev), or None for the policies whose draws are functions of (seed, epoch).
+PolicyState = Optional[DapState]
+
+
+def state_to_dict(state: PolicyState) -> Optional[dict]:
+    """The checkpoint's and the broadcast's form of a policy state (None stays None)."""
+    return None if state is None else state.to_dict()
+
+
+def state_from_dict(d: Optional[dict]) -> PolicyState:
+    return None if d is None else DapState.from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -116,24 +142,25 @@ class Context:
     current: Selection  # what `epoch` trained on
     scores: np.ndarray  # the score table's losses, by global index (NaN: never scored)
     seed: int
-    state: Optional[DapState]  # the policy's own state (DaP's T_start, T_prev), None for the others
+    state: PolicyState  # the policy's own state (DaP's T_start, T_prev), None for the others
     final: bool = False  # nothing trains after this epoch in this run (unless it is extended)
 
 
 @dataclass(frozen=True)
 class Step:
     selection: Selection  # for the next epoch
-    state: Optional[DapState]
+    state: PolicyState
     action: str  # what happened, for the history: drop | pick | stay | prune | full | draw | end
 
 
 class Policy(Protocol):
     name: str
-    uses_scores: bool  # whether it ranks samples by loss (a capped epoch would rank unseen ones)
+    ranks_by_loss: bool  # its selection orders samples by loss (a capped epoch would rank unseen ones)
 
     def first(self, universe: np.ndarray, seed: int) -> Selection: ...
-    def initial_state(self) -> Optional[DapState]: ...
-    def needs_scores(self, epoch: int, state: Optional[DapState]) -> bool: ...
+    def first_state(self) -> PolicyState: ...
+    # whether the step after `epoch` reads that epoch's losses (the trainer records them only then)
+    def reads_losses(self, epoch: int, state: PolicyState) -> bool: ...
     def select(self, ctx: Context) -> Step: ...
     def plan(self, num_samples: Optional[int]) -> Plan: ...
     # Optional: `extension_note(done, planned) -> Optional[str]`, what extending a run planned for
@@ -145,25 +172,25 @@ def _all(universe: np.ndarray) -> Selection:
 
 
 @dataclass(frozen=True)
-class DropSchedule:
-    """DaP's schedule (Algorithm 1), with the keep rule as a parameter: `hardest` is the paper's
-    policy (`dap`), `random` its Table 2(f) ablation, and keep=1 is full data (`full`)."""
+class DropAndPick:
+    """DaP's schedule (Algorithm 1), with the keep rule at a drop as a parameter: `dap` keeps the
+    hardest (the paper's policy), `random` a uniform draw (its Table 2(f) ablation)."""
 
     schedule: Schedule
-    name: str = "dap"
+    name: str = "dap"  # the keep rule: dap | random
 
     @property
-    def uses_scores(self) -> bool:
+    def ranks_by_loss(self) -> bool:
         return self.name == "dap"
 
     def first(self, universe, seed):
         return _all(universe)
 
-    def initial_state(self):
+    def first_state(self):
         return initial_state(self.schedule)
 
-    def needs_scores(self, epoch, state):
-        return self.uses_scores and decide(self.schedule, state, epoch).action == DROP
+    def reads_losses(self, epoch, state):
+        return self.ranks_by_loss and decide(self.schedule, state, epoch).action == DROP
 
     def select(self, ctx):
         # Also after the final epoch: the selection saved with it is what a run extended with a
@@ -171,20 +198,47 @@ class DropSchedule:
         decision = decide(self.schedule, ctx.state, ctx.epoch)
         if decision.action == PICK:
             return Step(_all(ctx.universe), decision.state, PICK)
-        if decision.action != DROP or self.name == "full":  # full data never drops: it stays
-            return Step(ctx.current, decision.state, decision.action if decision.action != DROP else "stay")
+        if decision.action != DROP:
+            return Step(ctx.current, decision.state, decision.action)
         current = ctx.current.indices
         kept = drop_keep(self.name, current, ctx.scores[current] if self.name == "dap" else None,
                          keep_count(len(current), self.schedule.keep), seed=ctx.seed, epoch=ctx.epoch)
         return Step(Selection(kept), decision.state, DROP)
 
     def plan(self, num_samples):
-        sched = self.schedule if self.name != "full" else replace(self.schedule, keep=1.0)
-        p = plan_schedule(sched, num_samples)
-        if self.name == "full":
-            rows = tuple(replace(e, event="full", after="stay" if e.after == DROP else e.after) for e in p.epochs)
-            return replace(p, epochs=rows, policy="full", params={})
-        return replace(p, policy=self.name, params=self.schedule.to_dict())
+        return replace(plan_schedule(self.schedule, num_samples), policy=self.name, params=self.schedule.to_dict())
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
+
+
+@dataclass(frozen=True)
+class FullData:
+    """All data, every epoch: the baseline every policy's compute ratio is measured against."""
+
+    epochs: int
+    name: str = "full"
+    ranks_by_loss: ClassVar[bool] = False
+
+    def first(self, universe, seed):
+        return _all(universe)
+
+    def first_state(self):
+        return None
+
+    def reads_losses(self, epoch, state):
+        return False
+
+    def select(self, ctx):
+        return Step(ctx.current, None, "stay")
+
+    def plan(self, num_samples):
+        check_num_samples(num_samples)
+        rows = tuple(EpochPlan(e, 1.0, num_samples, "full", "stay") for e in range(1, self.epochs + 1))
+        return Plan(self.epochs, num_samples, rows, policy=self.name, params={})
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
 
 
 def _check_ratio(value, name: str, flag: str, low_open: bool = True, high_open: bool = True) -> float:
@@ -208,7 +262,7 @@ class InfoBatch:
     prune_ratio: float = 0.5
     anneal: float = 0.875
     name: str = "infobatch"
-    uses_scores: bool = True
+    ranks_by_loss: ClassVar[bool] = True
 
     def __post_init__(self):
         problems = []  # both parameters checked, so one error names every bad one
@@ -228,11 +282,14 @@ class InfoBatch:
     def first(self, universe, seed):
         return _all(universe)
 
-    def initial_state(self):
+    def first_state(self):
         return None
 
-    def needs_scores(self, epoch, state):
+    def reads_losses(self, epoch, state):
         return epoch + 1 <= self.prune_epochs  # the next epoch prunes on these scores
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
 
     def select(self, ctx):
         nxt = ctx.epoch + 1
@@ -244,7 +301,7 @@ class InfoBatch:
         if not scored.any():
             return Step(_all(universe), None, "full")
         below = scored & (scores < scores[scored].mean(dtype=np.float64))
-        rng = np.random.default_rng([ctx.seed, nxt, 0x1B])
+        rng = stream("infobatch", ctx.seed, nxt)
         keep = ~(below & (rng.random(len(universe)) < self.prune_ratio))
         weights = np.where(below[keep], 1.0 / (1.0 - self.prune_ratio), 1.0).astype(np.float32)
         return Step(Selection(universe[keep], weights), None, "prune")
@@ -274,7 +331,7 @@ class InfoBatch:
             low_size = None if num_samples is None else min(num_samples, math.ceil((1 - r) * num_samples + r))
             low = (1 - r) if num_samples is None else low_size / num_samples
             rows.append(EpochPlan(e, 1.0, num_samples, "prune", after, min_fraction=low, min_size=low_size))
-        return Plan(_length(self.epochs), num_samples, tuple(rows), policy=self.name,
+        return Plan(self.epochs, num_samples, tuple(rows), policy=self.name,
                     params=dict(prune_ratio=self.prune_ratio, anneal=self.anneal, prune_epochs=self.prune_epochs))
 
 
@@ -293,7 +350,7 @@ class RS2:
     epochs: int
     fraction: float = 0.5
     name: str = "rs2"
-    uses_scores: bool = False
+    ranks_by_loss: ClassVar[bool] = False
 
     def __post_init__(self):
         object.__setattr__(self, "fraction", _check_ratio(self.fraction, "fraction", "--fraction", high_open=False))
@@ -304,7 +361,7 @@ class RS2:
     def draw(self, universe: np.ndarray, seed: int, epoch: int) -> Selection:
         """The samples of `epoch` (1-based): a pure function of (seed, epoch). It replays the walk
         from the last pass whose end the reordering cannot have touched: 2 or 3 permutations for
-        r <= 0.5, about 1/(1-r) more above (one permutation is about 20 ms at ImageNet scale)."""
+        r <= 0.5, about 1/(1-r) more above: O(N) per epoch, whatever the epoch."""
         universe = np.asarray(universe, dtype=np.int64)
         n, m = len(universe), self.chunk(len(universe))
         if m == n:
@@ -317,7 +374,7 @@ class RS2:
         order = None
         taken = np.zeros(n, dtype=bool)
         for k in range(k0, (end - 1) // n + 1):
-            raw = np.random.default_rng([seed, k, 0x52]).permutation(n)
+            raw = stream("rs2", seed, k).permutation(n)
             t = (k * n) % m  # samples of pass k-1 in the epoch that straddles the start of pass k
             if k > k0 and t:
                 taken[order[n - t:]] = True
@@ -336,11 +393,14 @@ class RS2:
     def first(self, universe, seed):
         return self.draw(universe, seed, 1)
 
-    def initial_state(self):
+    def first_state(self):
         return None
 
-    def needs_scores(self, epoch, state):
+    def reads_losses(self, epoch, state):
         return False
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
 
     def select(self, ctx):
         # also after the final epoch: a run extended with a larger --epochs continues the walk
@@ -351,7 +411,7 @@ class RS2:
         fraction = self.fraction if num_samples is None else size / num_samples
         rows = tuple(EpochPlan(e, fraction, size, "draw", "draw" if e < self.epochs else "end")
                      for e in range(1, self.epochs + 1))
-        return Plan(_length(self.epochs), num_samples, rows, policy=self.name, params=dict(fraction=self.fraction))
+        return Plan(self.epochs, num_samples, rows, policy=self.name, params=dict(fraction=self.fraction))
 
 
 @dataclass(frozen=True)
@@ -406,7 +466,7 @@ def kmeans_1d(sorted_values: np.ndarray, k: int, max_iter: int = KMEANS_MAX_ITER
         distinct = x[distinct_starts()]
         centers = distinct[((np.arange(k) + 0.5) * len(distinct) / k).astype(np.int64)].astype(np.float64)
     cuts = None
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (read after the loop: the steps run)
         # a value on a midpoint goes to the lower group
         new_cuts = np.searchsorted(x, _round_down((centers[:-1] + centers[1:]) / 2, x.dtype), side="right")
         if cuts is not None and np.array_equal(new_cuts, cuts):
@@ -459,7 +519,7 @@ class SeTa:
     window: float = 0.6
     anneal: float = 0.875
     name: str = "seta"
-    uses_scores: bool = True
+    ranks_by_loss: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "prune_ratio", _check_ratio(self.prune_ratio, "prune_ratio", "--prune-ratio",
@@ -488,12 +548,12 @@ class SeTa:
     def draw(self, universe: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         """Epoch `epoch`'s uniform random floor((1-r) N), as positions into `universe`, in their
         random order."""
-        rng = np.random.default_rng([seed, epoch, 0x5E7A])
+        rng = stream("seta", seed, epoch)
         return rng.permutation(len(universe))[:self.draw_count(len(universe))]
 
     def choose(self, universe: np.ndarray, scores: np.ndarray, seed: int, epoch: int) -> Selection:
         """The samples of `epoch` (1-based): a pure function of the seed, the epoch and the scores.
-        About 0.1 s at N = 1.28M: one permutation, one sort of the drawn scores (float32), masks."""
+        O(N log N): one permutation, one sort of the drawn scores (float32), masks; no copy in float64."""
         universe = np.asarray(universe, dtype=np.int64)
         if self.draw_count(len(universe)) == len(universe):  # r = 0: the draw is every sample
             chosen = universe
@@ -524,11 +584,14 @@ class SeTa:
     def first(self, universe, seed):
         return self.choose(universe, np.full(0, np.nan), seed, 1)
 
-    def initial_state(self):
+    def first_state(self):
         return None
 
-    def needs_scores(self, epoch, state):
+    def reads_losses(self, epoch, state):
         return epoch + 1 <= self.prune_epochs  # the next epoch groups by these scores
+
+    initial_state = first_state  # TEMP alias (#24)
+    needs_scores = reads_losses  # TEMP alias (#24)
 
     def select(self, ctx):
         nxt = ctx.epoch + 1
@@ -553,14 +616,9 @@ class SeTa:
             low = 1 / num_samples if num_samples else 0.0
             rows.append(EpochPlan(e, full, m, "prune", after, min_fraction=low, min_size=1 if m else None,
                                   nominal_fraction=full * share))
-        return Plan(_length(self.epochs), num_samples, tuple(rows), policy=self.name,
+        return Plan(self.epochs, num_samples, tuple(rows), policy=self.name,
                     params=dict(prune_ratio=self.prune_ratio, groups=self.groups, window=self.window,
                                 anneal=self.anneal, prune_epochs=self.prune_epochs))
-
-
-def _length(epochs: int) -> Schedule:
-    # Policies other than DaP's family use only the run length of a Schedule.
-    return Schedule(epochs=epochs, warmup=epochs, interval=1, keep=1.0)
 
 
 # DaP's schedule parameters (Algorithm 1), as the config and the flags name them.
@@ -583,16 +641,17 @@ class PolicyEntry:
 # checks all read `params` from here.
 REGISTRY: dict[str, PolicyEntry] = {
     "dap": PolicyEntry("keep the hardest p of the subset every I epochs (the DaP paper)", SCHEDULE_PARAMS,
-                       lambda s: DropSchedule(s, name="dap")),
+                       lambda s: DropAndPick(s, name="dap")),
     "random": PolicyEntry("DaP's schedule, uniform random keep (Table 2(f))", SCHEDULE_PARAMS,
-                          lambda s: DropSchedule(s, name="random")),
-    "full": PolicyEntry("all data every epoch", (), lambda s: DropSchedule(_length(s.epochs), name="full")),
+                          lambda s: DropAndPick(s, name="random")),
+    "full": PolicyEntry("all data every epoch", (), lambda s: FullData(s.epochs)),
     "infobatch": PolicyEntry("prune below-mean-loss samples with probability r, rescale the kept (Qin et al. 2024)",
                              ("prune_ratio", "anneal"), lambda s, **p: InfoBatch(s.epochs, **p)),
     "rs2": PolicyEntry("a fresh random fraction r each epoch, without replacement (Okanovic et al. 2024)",
                        ("fraction",), lambda s, **p: RS2(s.epochs, **p)),
     "seta": PolicyEntry("a random 1-r of the data, k-means loss groups, a window sliding easy to hard "
-                        "(Zhou et al. 2025)", ("prune_ratio", "anneal", "groups", "window"), lambda s, **p: SeTa(s.epochs, **p)),
+                        "(Zhou et al. 2025)", ("prune_ratio", "anneal", "groups", "window"),
+                        lambda s, **p: SeTa(s.epochs, **p)),
 }
 POLICIES = {name: entry.summary for name, entry in REGISTRY.items()}
 

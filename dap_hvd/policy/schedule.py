@@ -112,7 +112,8 @@ class Schedule:
                          f"epochs must be >= 1 (a whole number), got {self.epochs!r}")
         warmup_ok = need(_is_int(self.warmup) and self.warmup >= 0, "warmup (W, --warmup)",
                          f"must be an integer >= 0, got {self.warmup!r}")
-        need(_is_int(self.interval) and self.interval >= 1, "interval (I, --interval)", f"must be an integer >= 1, got {self.interval!r}")
+        need(_is_int(self.interval) and self.interval >= 1, "interval (I, --interval)",
+             f"must be an integer >= 1, got {self.interval!r}")
         need(isinstance(self.keep, (int, float)) and not isinstance(self.keep, bool)
              and math.isfinite(self.keep) and 0.0 < self.keep <= 1.0,
              "keep (p, --keep)", f"must be in (0, 1], got {self.keep!r}")
@@ -153,11 +154,12 @@ class DapState:
     t_prev: int
 
     def to_dict(self) -> dict:
+        """The checkpoint's and the broadcast's form: {"t_start": ..., "t_prev": ...}."""
         return dict(t_start=self.t_start, t_prev=self.t_prev)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DapState":
-        return cls(t_start=int(d["t_start"]), t_prev=int(d["t_prev"]))
+        return cls(t_start=d["t_start"], t_prev=d["t_prev"])
 
 
 def initial_state(schedule: Schedule) -> DapState:
@@ -199,7 +201,7 @@ class EpochPlan:
     fraction: float  # of the full dataset trained in this epoch (the upper bound when it is not known ahead)
     size: Optional[int]  # exact subset size when the number of samples is known (upper bound likewise)
     event: str  # what this epoch trains on: warmup | full | drop (newly reduced) | subset | pick | prune | draw
-    after: str  # the policy's decision after this epoch: drop | pick | stay | ...
+    action: str  # the policy's step after this epoch: drop | pick | stay | prune | full | draw | end
     # Set where the size depends on the scores (InfoBatch): the lower bound, in expectation.
     min_fraction: Optional[float] = None
     min_size: Optional[int] = None
@@ -218,14 +220,20 @@ class EpochPlan:
     def low_size(self) -> Optional[int]:
         return self.size if self.exact else self.min_size
 
+    def to_dict(self) -> dict:
+        """The row as `plan --json` writes it (the action under its recorded name, "after")."""
+        return dict(epoch=self.epoch, fraction=self.fraction, size=self.size, event=self.event, after=self.action,
+                    min_fraction=self.min_fraction, min_size=self.min_size, nominal_fraction=self.nominal_fraction)
+
 
 @dataclass(frozen=True)
 class Plan:
-    schedule: Schedule  # its `epochs` is the run's length; the DaP parameters apply to dap and random
+    num_epochs: int  # E, the run's length
     num_samples: Optional[int]
-    epochs: tuple[EpochPlan, ...] = field(default=())
+    epochs: tuple[EpochPlan, ...] = field(default=())  # one row per epoch, 1..E
     policy: str = "dap"
     params: dict = field(default_factory=dict)  # the policy's own parameters, for display and records
+    schedule: Optional[Schedule] = None  # DaP's schedule, for the policies that follow it (dap, random)
 
     @property
     def exact(self) -> bool:
@@ -233,8 +241,8 @@ class Plan:
 
     def _ratio(self, low: bool) -> float:
         if self.num_samples:
-            return sum(e.low_size if low else e.size for e in self.epochs) / (self.num_samples * self.schedule.epochs)
-        return sum(e.low_fraction if low else e.fraction for e in self.epochs) / self.schedule.epochs
+            return sum(e.low_size if low else e.size for e in self.epochs) / (self.num_samples * self.num_epochs)
+        return sum(e.low_fraction if low else e.fraction for e in self.epochs) / self.num_epochs
 
     @property
     def compute_ratio(self) -> Optional[float]:
@@ -254,7 +262,7 @@ class Plan:
         if any(e.nominal_fraction is None and not e.exact for e in self.epochs):
             return None
         return sum(e.fraction if e.nominal_fraction is None else e.nominal_fraction
-                   for e in self.epochs) / self.schedule.epochs
+                   for e in self.epochs) / self.num_epochs
 
     def describe(self) -> str:
         low, high = self.compute_bounds
@@ -265,20 +273,27 @@ class Plan:
         return {
             "policy": self.policy,
             "params": self.params,
-            "schedule": self.schedule.to_dict(),
+            "schedule": self.schedule_record(),
             "num_samples": self.num_samples,
             "compute_ratio": self.compute_ratio,
             "compute_ratio_min": low,
             "compute_ratio_max": high,
             "compute_ratio_nominal": self.nominal_ratio,
-            "epochs": [e.__dict__.copy() for e in self.epochs],
+            "epochs": [e.to_dict() for e in self.epochs],
         }
+
+    def schedule_record(self) -> dict:
+        """DaP's schedule as records hold it. A policy without one records the schedule that never
+        drops nor picks: all E epochs are warm-up (the record format predates the other policies)."""
+        if self.schedule is not None:
+            return self.schedule.to_dict()
+        e = self.num_epochs
+        return dict(epochs=e, warmup=e, interval=1, keep=1.0, active=None, reuse=[])
 
 
 def plan(schedule: Schedule, num_samples: Optional[int] = None) -> Plan:
     """The per-epoch subset sizes the schedule produces, before any GPU hour is spent."""
-    if num_samples is not None and (not _is_int(num_samples) or num_samples < 1):
-        raise ConfigError(f"--num-samples: must be an integer >= 1, got {num_samples!r}")
+    check_num_samples(num_samples)
     state = initial_state(schedule)
     fraction, size, event = 1.0, num_samples, "warmup"
     rows = []
@@ -296,4 +311,10 @@ def plan(schedule: Schedule, num_samples: Optional[int] = None) -> Plan:
             event = "drop"
         else:
             event = "full" if fraction == 1.0 else "subset"
-    return Plan(schedule, num_samples, tuple(rows), policy="dap", params=schedule.to_dict())
+    return Plan(schedule.epochs, num_samples, tuple(rows), policy="dap", params=schedule.to_dict(), schedule=schedule)
+
+
+def check_num_samples(num_samples: Optional[int]) -> None:
+    """N for a plan's exact sizes: None (fractions only) or an integer >= 1."""
+    if num_samples is not None and (not _is_int(num_samples) or num_samples < 1):
+        raise ConfigError(f"--num-samples: must be an integer >= 1, got {num_samples!r}")

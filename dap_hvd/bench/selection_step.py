@@ -1,4 +1,4 @@
-"""The policy step at ImageNet scale, under horovodrun: `python -m dap_hvd.bench_selection`.
+"""The policy step at ImageNet scale, under horovodrun: `python -m dap_hvd.bench.selection_step`.
 
 Each rank fills a ledger for its shard of N samples as training would. Then we time the whole
 step the trainer runs after a scored epoch: merge the losses (both methods), write them into the

@@ -1,18 +1,22 @@
-"""`dap-hvd bench --only real` and `--only long`: `dap-hvd compare` on real images (Fashion-MNIST).
+"""Sections (e) `--only real` and (f) `--only long`: `dap-hvd compare` on real images (Fashion-MNIST).
 
 A thin caller of compare: it writes the Fashion-MNIST folder (Debian's `dataset-fashion-mnist`), runs
-compare there with 2 Gloo ranks and a fixed recipe, and hands its report to the suite.
+compare there with a fixed recipe, and renders compare's report as the section.
   real  (e) 10 epochs on 6,000 images, three budgets: the short-schedule regime
   long  (f) 40 epochs on 6,000 images, the full 10,000-image test set, budget 0.75 for every entry and
         0.55 for the three best: the regime where full-data training converges. Sized for 2 shared cores
-        (about 6.5 CPU-seconds an epoch at 20 px against 13 at 28 px, one rank per run, two runs at once)
+        (20 px: about half the pixels of 28; one rank per run, two runs at once)
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
+
+from dap_hvd.bench.jobs import BIN
+from dap_hvd.bench.report import TITLES
 
 # Every run's recipe: the small ResNet, global batch 128, lr 0.2 (1-epoch warm-up), one final evaluation.
 RECIPE = ("--model", "resnet_small", "--min-crop-area", "0.35", "--lr", "0.2", "--lr-warmup-epochs", "1",
@@ -25,6 +29,7 @@ CONFIGS = {
     "long": dict(train_per_class=600, val_per_class=None, epochs=40, budgets=(0.75, 0.55), top_k=3,
                  image_size=20, ranks=1, batch_size=128, parallel=2, policies=None),
 }
+PLOTS = {"real": "pareto_real.png", "long": "pareto_long.png"}  # under bench/ beside BENCHMARKS.md
 
 
 def ensure_fashion_mnist(log: Callable[[str], None]) -> Path:
@@ -55,7 +60,7 @@ def describe(name: str) -> str:
 
 def settings(name: str, data: Path, seeds: int, policies=None):
     """The compare a bench section runs."""
-    from dap_hvd.compare import ORDER, Settings
+    from dap_hvd.compare.plan import ORDER, Settings
 
     cfg = CONFIGS[name]
     chosen = policies or cfg["policies"] or [p for p in ORDER if p != "full"]
@@ -68,7 +73,7 @@ def settings(name: str, data: Path, seeds: int, policies=None):
 
 def run(name: str, out: Path, seeds: int, log: Callable[[str], None], policies=None) -> dict:
     """The section's compare in `out` (resumed when it holds an earlier, interrupted one); its report."""
-    from dap_hvd.compare import STATE, run_compare
+    from dap_hvd.compare.runner import STATE, run_compare
     from dap_hvd.data.catalog import cache_root
     from dap_hvd.data.fashion_mnist import FashionSpec, write_fashion_mnist
 
@@ -79,3 +84,32 @@ def run(name: str, out: Path, seeds: int, log: Callable[[str], None], policies=N
                                source=source)
     return run_compare(settings(name, data, seeds, policies), out, resume=(out / STATE).is_file(),
                        parallel=cfg["parallel"], log=log)
+
+
+def measure(name: str, compare_dir: Path, seeds: int, policies: Optional[list]) -> dict:
+    """Fashion-MNIST, every policy: `dap-hvd compare` in COMPARE_DIR/NAME, which keeps each run's
+    figures as it ends, so an interrupted section resumes there."""
+    os.environ.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # as the other CPU sections' jobs
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    return run(name, compare_dir / name, seeds, log=lambda line: print(line, flush=True), policies=policies)
+
+
+def render(name: str, report: dict) -> Optional[str]:
+    """compare's table and conclusions, recomputed from the runs by today's rules."""
+    if not report.get("entries"):  # a result from before `compare`: keep the text it wrote
+        return None
+    from dap_hvd.compare.report import build_report
+    from dap_hvd.compare.report import render as compare_text
+
+    return ("Fashion-MNIST (real 28×28 product photos, MIT licence, Debian's `dataset-fashion-mnist`) "
+            f"through `dap-hvd compare` on this machine: {describe(name)} "
+            + compare_text(build_report(report))
+            + f"\n![top-1 against compute and wall clock](bench/{PLOTS[name]})")
+
+
+def plot(name: str, report: dict, markdown: Path) -> None:
+    """The section's Pareto plot, in bench/ beside the markdown file."""
+    if report.get("entries"):
+        from dap_hvd.compare.report import plot as pareto
+
+        pareto(report, markdown.parent / "bench" / PLOTS[name], title=TITLES[name])
