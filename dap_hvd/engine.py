@@ -58,10 +58,6 @@ class Precision:
         finally:
             cudnn.benchmark = before
 
-    @staticmethod
-    def kernels(tuned: bool):  # TEMP alias (#24): bench_gpu.py still calls the old name
-        return Precision.cudnn_autotune(tuned)
-
 
 @dataclass(frozen=True)
 class EpochStats:

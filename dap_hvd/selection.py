@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from dap_hvd.policy.policies import Context, Selection, check_finite
-from dap_hvd.policy.schedule import DapState
+from dap_hvd.policy.policies import Context, PolicyState, Selection, check_finite, state_from_dict, state_to_dict
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +33,7 @@ class NextSelection:
     """What every rank holds after an epoch's selection step."""
 
     selection: Selection
-    policy_state: Optional[DapState]
+    policy_state: PolicyState
     action: str  # the policy's step: drop, pick, prune, draw, full, or keep (same subset)
     bytes_sent: int  # by this rank: the merge and the broadcast
     seconds: float  # merge + select + broadcast, on this rank
@@ -68,7 +67,7 @@ def broadcast_header(step: Step, current: Selection, universe: np.ndarray) -> di
     they are the current subset or all data."""
     sel = step.selection
     unweighted = sel.weights is None
-    return dict(action=step.action, state=None if step.state is None else step.state.to_dict(),
+    return dict(action=step.action, state=state_to_dict(step.state),
                 same=unweighted and current.weights is None and np.array_equal(sel.indices, current.indices),
                 all=unweighted and np.array_equal(sel.indices, universe), weighted=not unweighted)
 
@@ -113,7 +112,7 @@ def _broadcast_step(step: Optional[Step], current: Selection, universe: np.ndarr
             else None
         weights = dist.broadcast_tensor(w, name=f"select.{epoch}.weights").numpy()
         sent += 4 * len(weights) * others if world.is_root else 0
-    state = None if head["state"] is None else DapState.from_dict(head["state"])
+    state = state_from_dict(head["state"])
     return NextSelection(Selection(np.asarray(indices, dtype=np.int64), weights), state, head["action"], sent,
                          seconds=0.0, scores_digest=None)
 

@@ -19,8 +19,7 @@ import torch
 
 from dap_hvd import DapError, dist
 from dap_hvd.checkpoint import load_newest
-from dap_hvd.policy.policies import Selection
-from dap_hvd.policy.schedule import DapState
+from dap_hvd.policy.policies import PolicyState, Selection, state_from_dict, state_to_dict
 from dap_hvd.policy.scores import ScoreTable
 from dap_hvd.resume import changes, resume_lr, unmade_final_step
 
@@ -37,7 +36,7 @@ class RunState:
     epoch: int = 0  # last completed epoch
     selection: Optional[Selection] = None  # what the next epoch trains on (indices, loss weights)
     scores: Optional[ScoreTable] = None  # every sample's last training loss, by global index
-    policy_state: Optional[DapState] = None  # DaP's T_start / T_prev; None for the other policies
+    policy_state: PolicyState = None  # DaP's T_start / T_prev; None for the other policies
     history: list = field(default_factory=list)  # one record per epoch (train.epoch_record)
     samples_trained: int = 0
     epoch_seconds: float = 0.0  # the epochs' own time, summed (start-up, rolled-back work excluded)
@@ -85,7 +84,7 @@ def payload(run: Run, state: RunState, rng: dict) -> dict:
     """The checkpoint: plain tensors, and the JSON `state` string that says what they mean."""
     cfg, sel = run.cfg, state.selection
     meta = dict(
-        epoch=state.epoch, policy_state=None if state.policy_state is None else state.policy_state.to_dict(),
+        epoch=state.epoch, policy_state=state_to_dict(state.policy_state),
         policy=cfg.policy_params, weighted=sel.weights is not None, history=state.history,
         samples_trained=state.samples_trained, epoch_seconds=state.epoch_seconds,
         elapsed_seconds=state.elapsed_seconds, memberships=state.memberships, run_id=state.run_id,
@@ -112,7 +111,7 @@ def payload(run: Run, state: RunState, rng: dict) -> dict:
 def fresh(run: Run) -> RunState:
     cfg = run.cfg
     return RunState(selection=run.policy.first(run.data.universe, cfg.seed), scores=ScoreTable(len(run.data.cat)),
-                    policy_state=run.policy.initial_state(),
+                    policy_state=run.policy.first_state(),
                     run_id=cfg.run_id or f"{run.run_dir.name}-{int(time.time())}")
 
 
@@ -138,7 +137,7 @@ def resume(run: Run, committed: Optional[dict] = None) -> RunState:
         return state
     state.selection, state.scores = _restore_policy_data(run.world, ckpt, meta, len(run.data.cat))
     state.epoch = meta["epoch"]
-    state.policy_state = None if meta["policy_state"] is None else DapState.from_dict(meta["policy_state"])
+    state.policy_state = state_from_dict(meta["policy_state"])
     state.history, state.samples_trained = meta["history"], meta["samples_trained"]
     state.epoch_seconds, state.elapsed_seconds = meta["epoch_seconds"], meta["elapsed_seconds"]
     state.run_id, state.memberships = meta["run_id"], meta.get("memberships", [])

@@ -40,7 +40,7 @@ from dap_hvd.lr import LRSchedule, StepGrid, build_lr_schedule
 from dap_hvd.models import build_classifier, param_groups
 from dap_hvd.policy.policies import Context, Policy, selection_digest
 from dap_hvd.policy.schedule import DROP, Plan
-from dap_hvd.rng import augmentation_seed
+from dap_hvd.rng import rank_seed
 from dap_hvd.state import Clock, RunState
 
 log = logging.getLogger("dap_hvd")
@@ -196,7 +196,7 @@ def setup(cfg: TrainConfig, world: dist.World, run_dir: Path, clock: Clock) -> R
     device = pin_device(world, cfg.cpu_bind)
     # Each rank its own stream (dropout masks must differ across ranks); the model's initial
     # weights come from rank 0 by broadcast, so they need no common seed.
-    torch.manual_seed(augmentation_seed(cfg.seed, 0, world.rank))
+    torch.manual_seed(rank_seed(cfg.seed, 0, world.rank))
     policy = cfg.make_policy()
     data, val = load_data(cfg, world, device)  # the same files on every rank, bad ones skipped
 
@@ -249,10 +249,10 @@ def train_epoch(run: Run, state: RunState, epoch: int) -> Optional[dict]:
     cfg, world = run.cfg, run.world
     t0 = time.perf_counter()
     trained = state.selection
-    check_plan(run.plan, epoch, len(trained.indices))
+    run.plan.check(epoch, len(trained.indices))  # an exact plan is what trains
     # Losses are recorded only in epochs whose scores the policy will use.
     ledger = LossLedger(trained.indices, run.precision.device) \
-        if run.policy.needs_scores(epoch, state.policy_state) else None
+        if run.policy.reads_losses(epoch, state.policy_state) else None
     stats, shard_size = fit(run, state, epoch, ledger)
     totals = global_totals(run, stats, epoch)  # stops every rank together if the run diverged
 
@@ -303,7 +303,7 @@ def fit(run: Run, state: RunState, epoch: int, ledger: Optional[LossLedger]) -> 
     progress = reporting.Progress(epoch, cfg.schedule.epochs, steps, world.size,
                                   len(selection.indices) / len(run.data.universe)) \
         if world.is_root and cfg.progress else None
-    spec = spec_for(cfg, run.data.cat, shard, train=True, seed=augmentation_seed(cfg.seed, epoch, world.rank),
+    spec = spec_for(cfg, run.data.cat, shard, train=True, seed=rank_seed(cfg.seed, epoch, world.rank),
                     precision=run.precision, workers=decode_workers(cfg, world, run.precision.device))
     try:
         with run.loaders.reading(spec, run.data.cat, shard.indices, rank=world.rank, data_root=cfg.data_root,
@@ -362,19 +362,3 @@ def save(run: Run, state: RunState) -> Optional[dict]:
         rundir.write_json(run.run_dir / "summary.json", reporting.summary(run, state))
     run.metrics.push()
     return payload
-
-
-def check_plan(plan: Plan, epoch: int, subset: int) -> None:
-    """An exact plan is what trains: its size for `epoch` is the subset's, or the LR grid (keyed
-    to the planned steps) and the planned compute would silently bend. A mismatch is a bug."""
-    if epoch > len(plan.epochs):
-        return
-    row = plan.epochs[epoch - 1]
-    if row.exact and row.size is not None and row.size != subset:
-        raise PlanMismatch(f"epoch {epoch}: the {plan.policy} plan trains {row.size} samples, but the selection "
-                           f"holds {subset}; an exact plan must match what trains (this is a bug: please report it "
-                           f"with the run's train.log)")
-
-
-class PlanMismatch(DapError):
-    """An exact policy's selection differs from its plan."""

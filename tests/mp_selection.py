@@ -56,7 +56,7 @@ try:
         if a.strategy == "dap" else final
     payload = dict(digest=selection_digest(final), expected=selection_digest(expected), size=len(final),
                    bytes_sent=merged.bytes_sent, real=int(shard.valid.sum()),
-                   steps=shard.steps, padding=shard.num_padding,
+                   steps=shard.steps, padding=int((~shard.valid).sum()),
                    merged_equal=bool(np.array_equal(merged.losses, global_loss)))
 except DivergedError as e:
     status, payload = "diverged", dict(error=str(e))

@@ -229,14 +229,14 @@ def test_an_exact_plan_that_differs_from_the_selection_is_an_error():
     """The check every epoch runs before training: for an exact plan the subset is the planned
     size (the LR grid and the planned compute hang on it), never silently rescaled."""
     from dap_hvd.policy.policies import make_policy
-    from dap_hvd.train import PlanMismatch, check_plan
+    from dap_hvd.policy.schedule import PlanMismatch
 
     exact = make_policy("dap", Schedule(8, 1, 1, 0.7, None, ())).plan(400)
-    check_plan(exact, 3, 280)  # W=1: all 400 in epochs 1-2, then 280 after the drop after epoch 2
+    exact.check(3, 280)  # W=1: all 400 in epochs 1-2, then 280 after the drop after epoch 2
     with pytest.raises(PlanMismatch, match=r"epoch 3: the dap plan trains 280 samples, but the selection holds 400"):
-        check_plan(exact, 3, 400)
+        exact.check(3, 400)
     bounded = make_policy("infobatch", Schedule(8, 1, 1, 1.0)).plan(400)
-    check_plan(bounded, 3, 250)  # InfoBatch's sizes depend on the scores: within bounds, not exact
+    bounded.check(3, 250)  # InfoBatch's sizes depend on the scores: within bounds, not exact
 
 
 def test_an_older_finished_run_without_its_final_drop_is_not_extended_off_plan():

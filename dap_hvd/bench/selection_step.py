@@ -25,6 +25,7 @@ from dap_hvd.ledger import LossLedger
 from dap_hvd.policy.policies import Context, Selection, make_policy
 from dap_hvd.policy.schedule import DapState, Schedule
 from dap_hvd.policy.scores import ScoreTable
+from dap_hvd.selection import merge_losses
 
 
 def _status(field: str) -> float:
@@ -84,8 +85,7 @@ def main() -> None:
                 rss0 = _status("VmRSS")
                 _reset_peak()
                 t0 = time.perf_counter()
-                merged = dist.merge_losses(universe, ledger.loss, ledger.count, method=method, epoch=rep,
-                                           world_size=world.size)
+                merged = merge_losses(universe, ledger, method=method, epoch=rep, world_size=world.size)
                 scores.update(universe, merged.losses, 12)
                 step = policy.select(Context(epoch=12, universe=universe, current=Selection(universe),
                                              scores=scores.loss, seed=0, state=state)) if world.is_root else None

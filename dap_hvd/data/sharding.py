@@ -26,10 +26,6 @@ class Shard:
     valid: np.ndarray  # bool: False for wrap-around padding
     steps: int  # identical on every rank
 
-    @property
-    def num_padding(self) -> int:
-        return int((~self.valid).sum())
-
     def encoded_labels(self) -> np.ndarray:
         """What the readers carry as `labels=`: the global index, or -(index+1) for padding."""
         return np.where(self.valid, self.indices, -self.indices - 1).astype(np.int64)

@@ -208,8 +208,6 @@ class DropAndPick:
     def plan(self, num_samples):
         return replace(plan_schedule(self.schedule, num_samples), policy=self.name, params=self.schedule.to_dict())
 
-    initial_state = first_state  # TEMP alias (#24)
-    needs_scores = reads_losses  # TEMP alias (#24)
 
 
 @dataclass(frozen=True)
@@ -237,8 +235,6 @@ class FullData:
         rows = tuple(EpochPlan(e, 1.0, num_samples, "full", "stay") for e in range(1, self.epochs + 1))
         return Plan(self.epochs, num_samples, rows, policy=self.name, params={})
 
-    initial_state = first_state  # TEMP alias (#24)
-    needs_scores = reads_losses  # TEMP alias (#24)
 
 
 def _check_ratio(value, name: str, flag: str, low_open: bool = True, high_open: bool = True) -> float:
@@ -288,8 +284,6 @@ class InfoBatch:
     def reads_losses(self, epoch, state):
         return epoch + 1 <= self.prune_epochs  # the next epoch prunes on these scores
 
-    initial_state = first_state  # TEMP alias (#24)
-    needs_scores = reads_losses  # TEMP alias (#24)
 
     def select(self, ctx):
         nxt = ctx.epoch + 1
@@ -399,8 +393,6 @@ class RS2:
     def reads_losses(self, epoch, state):
         return False
 
-    initial_state = first_state  # TEMP alias (#24)
-    needs_scores = reads_losses  # TEMP alias (#24)
 
     def select(self, ctx):
         # also after the final epoch: a run extended with a larger --epochs continues the walk
@@ -590,8 +582,6 @@ class SeTa:
     def reads_losses(self, epoch, state):
         return epoch + 1 <= self.prune_epochs  # the next epoch groups by these scores
 
-    initial_state = first_state  # TEMP alias (#24)
-    needs_scores = reads_losses  # TEMP alias (#24)
 
     def select(self, ctx):
         nxt = ctx.epoch + 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Optional
 
-from dap_hvd import ConfigError
+from dap_hvd import ConfigError, DapError
 
 PRESETS: dict[str, dict] = {
     # Section 4.3.1: W=10, I=2, p=0.9, alpha=10, R=30/60/90 over 120 epochs (~75% compute).
@@ -226,6 +226,11 @@ class EpochPlan:
                     min_fraction=self.min_fraction, min_size=self.min_size, nominal_fraction=self.nominal_fraction)
 
 
+
+class PlanMismatch(DapError):
+    """An exact policy's selection differs from its plan."""
+
+
 @dataclass(frozen=True)
 class Plan:
     num_epochs: int  # E, the run's length
@@ -238,6 +243,17 @@ class Plan:
     @property
     def exact(self) -> bool:
         return all(e.exact for e in self.epochs)
+
+    def check(self, epoch: int, subset: int) -> None:
+        """An exact plan is what trains: its size for `epoch` is the subset's, or the LR grid (keyed
+        to the planned steps) and the planned compute would silently bend. A mismatch is a bug."""
+        if epoch > len(self.epochs):
+            return
+        row = self.epochs[epoch - 1]
+        if row.exact and row.size is not None and row.size != subset:
+            raise PlanMismatch(f"epoch {epoch}: the {self.policy} plan trains {row.size} samples, but the selection "
+                               f"holds {subset}; an exact plan must match what trains (this is a bug: please report "
+                               f"it with the run's train.log)")
 
     def _ratio(self, low: bool) -> float:
         if self.num_samples:

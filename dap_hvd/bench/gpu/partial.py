@@ -11,7 +11,7 @@ from dap_hvd.bench.gpu.jobs import BATCH
 
 def measure(sizes=(200, 137, 93)) -> dict:
     """The first ResNet-50 step (bf16, channels_last) on batches of sizes not seen before: with
-    cudnn.benchmark on, as before the fix, and through engine.Precision.kernels(tuned=False), as
+    cudnn.benchmark on, as before the fix, and through engine.Precision.cudnn_autotune(enabled=False), as
     the trainer runs an epoch's last, partial batch now. Each size is new to the process."""
     import torch
 
@@ -30,7 +30,7 @@ def measure(sizes=(200, 137, 93)) -> dict:
         y = torch.randint(0, 1000, (n,), device=dev)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        with precision.kernels(tuned=tuned):
+        with precision.cudnn_autotune(enabled=tuned):
             opt.zero_grad(set_to_none=True)
             with precision.autocast():
                 loss = torch.nn.functional.cross_entropy(model(x).float(), y)
