@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from dap_hvd import ConfigError, DapError
 from dap_hvd.compare.plan import ORDER, RunSpec, Settings, run_specs, write_subset_list
 from dap_hvd.compare.report import PLOT, REPORT_JSON, REPORT_MD, build_report, write_report
+from dap_hvd.files import write_atomic
 
 STATE = "compare.json"  # the record of a compare: its settings and every finished run (the resume point)
 
@@ -126,9 +127,7 @@ def open_out(out: Path, settings: Settings, resume: bool, force: bool) -> dict:
 
 
 def save_state(out: Path, state: dict) -> None:
-    tmp = out / (STATE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, out / STATE)
+    write_atomic(out / STATE, json.dumps(state, indent=1).encode())
 
 
 def run_compare(settings: Settings, out: Path, *, resume: bool = False, force: bool = False, parallel: int = 1,
