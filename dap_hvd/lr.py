@@ -70,6 +70,14 @@ class StepGrid:
     def start(self, epoch: int) -> int:
         return sum(self.epoch_steps[:epoch - 1])
 
+    def lr_schedule(self, base_lr: float, cfg) -> LRSchedule:
+        """The run's schedule (cfg: --lr-warmup-epochs, --lr-steps, --lr-schedule) on this grid. The
+        warm-up is in all-data epochs, whatever the policy trains in its first epoch: RS2's first
+        epoch is already its reduced one."""
+        return build_lr_schedule(base_lr=base_lr, epoch_steps=list(self.epoch_steps),
+                                 warmup_epochs=cfg.lr_warmup_epochs, full_epoch_steps=self.full_epoch_steps,
+                                 lr_steps=cfg.lr_steps, mode=cfg.optim.lr_schedule)
+
 
 def build_lr_schedule(*, base_lr: float, epoch_steps: list[int], warmup_epochs: float, full_epoch_steps: int,
                       lr_steps: tuple[int, ...], mode: str) -> LRSchedule:

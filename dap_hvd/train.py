@@ -19,7 +19,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from dap_hvd.engine import EpochStats, Precision, divergence, train_one_epoch
 from dap_hvd.evaluate import evaluate_split
 from dap_hvd.hardware import choose_precision, decode_workers, device_memory, pin_device
 from dap_hvd.ledger import LossLedger
-from dap_hvd.lr import LRSchedule, StepGrid, build_lr_schedule
+from dap_hvd.lr import LRSchedule, StepGrid
 from dap_hvd.models import build_classifier, param_groups
 from dap_hvd.policy.policies import Context, Policy, selection_digest
 from dap_hvd.policy.schedule import DROP, Plan
@@ -71,7 +71,7 @@ class Run:
 
     def set_base_lr(self, base_lr: float) -> None:
         self.base_lr = base_lr
-        self.lr_schedule = lr_schedule(self.cfg, base_lr, self.grid)
+        self.lr_schedule = self.grid.lr_schedule(base_lr, self.cfg)
 
 
 def main(cfg: TrainConfig, comm=None, notes: tuple = ()) -> int:
@@ -230,15 +230,8 @@ def setup(cfg: TrainConfig, world: dist.World, run_dir: Path, clock: Clock) -> R
                               len(data.universe), world.size, cfg.data.batch_size, cfg.max_steps_per_epoch or 0)
     return Run(cfg=cfg, world=world, run_dir=run_dir, precision=precision, policy=policy, data=data, val=val,
                model=model, optimizer=optimizer, scaler=scaler, compiled=compiled, plan=plan, grid=grid,
-               base_lr=base_lr, lr_schedule=lr_schedule(cfg, base_lr, grid), loaders=Loaders(cfg.data.loader),
+               base_lr=base_lr, lr_schedule=grid.lr_schedule(base_lr, cfg), loaders=Loaders(cfg.data.loader),
                clock=clock)
-
-
-def lr_schedule(cfg: TrainConfig, base_lr: float, grid: StepGrid) -> LRSchedule:
-    # The warm-up is in all-data epochs (as --lr-warmup-epochs says), whatever the policy trains
-    # in its first epoch: RS2's first epoch is already its reduced one.
-    return build_lr_schedule(base_lr=base_lr, epoch_steps=list(grid.epoch_steps), warmup_epochs=cfg.lr_warmup_epochs,
-                             full_epoch_steps=grid.full_epoch_steps, lr_steps=cfg.lr_steps, mode=cfg.optim.lr_schedule)
 
 
 # ---------------------------------------------------------------------------- one epoch
@@ -253,8 +246,8 @@ def train_epoch(run: Run, state: RunState, epoch: int) -> Optional[dict]:
     # Losses are recorded only in epochs whose scores the policy will use.
     ledger = LossLedger(trained.indices, run.precision.device) \
         if run.policy.reads_losses(epoch, state.policy_state) else None
-    stats, shard_size = fit(run, state, epoch, ledger)
-    totals = global_totals(run, stats, epoch)  # stops every rank together if the run diverged
+    fitted = fit(run, state, epoch, ledger)
+    totals = global_totals(run, fitted.stats, epoch)  # stops every rank together if the run diverged
 
     # Scores into the table (every rank), the policy's next selection (rank 0, broadcast). After
     # the final epoch too: the step due then (DaP's drop) is what a larger --epochs continues from.
@@ -275,27 +268,37 @@ def train_epoch(run: Run, state: RunState, epoch: int) -> Optional[dict]:
     state.epoch_seconds += seconds
     state.elapsed_seconds = run.clock.elapsed()
     subset = len(trained.indices)
-    weighted = 0 if trained.weights is None else int(np.count_nonzero(trained.weights != 1))
-    record = dict(epoch=epoch, samples=totals.samples, subset=subset,
-                  padding=shard_size * world.size - subset,  # wrap-around duplicates, all ranks
-                  selection_digest=selection_digest(trained.indices), weights_digest=trained.weights_digest(),
-                  weighted=weighted, scores_digest=nxt.scores_digest, train_loss=totals.mean_loss, lr=stats.last_lr,
-                  top1=None if acc is None else acc.top1, top5=None if acc is None else acc.top5, seconds=seconds,
-                  eval_seconds=eval_seconds, train_seconds=stats.seconds, data_wait_seconds=stats.data_seconds,
-                  world_size=world.size, skipped_steps=totals.skipped_steps, after=nxt.action,
-                  selection_seconds=nxt.seconds, **device_memory(run.precision.device))
+    record = dict(
+        epoch=epoch, world_size=world.size,
+        # what trained: counts over all ranks, padding (wrap-around duplicates) apart
+        samples=totals.samples, subset=subset, padding=fitted.shard_size * world.size - subset,
+        weighted=0 if trained.weights is None else int(np.count_nonzero(trained.weights != 1)),
+        selection_digest=selection_digest(trained.indices), weights_digest=trained.weights_digest(),
+        scores_digest=nxt.scores_digest,
+        # how it went, and the policy's step for the next epoch
+        train_loss=totals.mean_loss, lr=fitted.stats.last_lr, skipped_steps=totals.skipped_steps,
+        top1=None if acc is None else acc.top1, top5=None if acc is None else acc.top5, after=nxt.action,
+        # where the time and the memory went
+        seconds=seconds, train_seconds=fitted.stats.seconds, data_wait_seconds=fitted.stats.data_seconds,
+        eval_seconds=eval_seconds, selection_seconds=nxt.seconds, **device_memory(run.precision.device))
     state.history.append(record)
     n = len(run.data.universe)
-    run.metrics.publish_epoch(record, rank_samples=stats.samples, rank_seconds=stats.seconds, num_samples=n,
-                              compute_ratio=state.samples_trained / (n * epoch), scored=state.scores.scored(),
-                              selected=ledger is not None or nxt.action == DROP, selection_bytes=nxt.bytes_sent)
+    run.metrics.publish_epoch(record, rank_samples=fitted.stats.samples, rank_seconds=fitted.stats.seconds,
+                              num_samples=n, compute_ratio=state.samples_trained / (n * epoch),
+                              scored=state.scores.scored(), selected=ledger is not None or nxt.action == DROP,
+                              selection_bytes=nxt.bytes_sent)
     if world.is_root:
         reporting.log_epoch(record, cfg.schedule.epochs, n, len(state.selection.indices))
     return save(run, state)
 
 
-def fit(run: Run, state: RunState, epoch: int, ledger: Optional[LossLedger]) -> tuple[EpochStats, int]:
-    """This rank's shard of the selection, trained for one epoch; its stats and shard size."""
+class Fitted(NamedTuple):
+    stats: EpochStats  # this rank's
+    shard_size: int  # samples in this rank's shard, padding included
+
+
+def fit(run: Run, state: RunState, epoch: int, ledger: Optional[LossLedger]) -> Fitted:
+    """This rank's shard of the selection, trained for one epoch."""
     cfg, world, selection = run.cfg, run.world, state.selection
     shard = shard_for_rank(selection.indices, epoch=epoch, seed=cfg.seed, rank=world.rank, world=world.size,
                            batch_size=cfg.data.batch_size)
@@ -321,7 +324,7 @@ def fit(run: Run, state: RunState, epoch: int, ledger: Optional[LossLedger]) -> 
             progress.close()
     if stats.steps != steps:
         raise RuntimeError(f"rank {world.rank}: epoch {epoch} ran {stats.steps} steps, expected {steps}")
-    return stats, len(shard.indices)
+    return Fitted(stats, len(shard.indices))
 
 
 @dataclass(frozen=True)
