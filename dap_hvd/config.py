@@ -92,7 +92,7 @@ class DataConfig:
     def is_sample(self) -> bool:
         """The embedded dataset (default), or any folder `make-sample-data` wrote: such data gets
         the small-image defaults, the 'sample' preset and its LR rule."""
-        return self.root is None or (Path(self.root) / "sample-spec.json").is_file()
+        return is_sample_root(self.root)
 
     @property
     def native_side(self) -> Optional[int]:
@@ -337,8 +337,9 @@ def load_config(yaml_path: Optional[str] = None, overrides: Optional[dict] = Non
     strategy = overrides.get("strategy", raw.get("strategy", "dap"))
     entry = REGISTRY.get(strategy) if isinstance(strategy, str) else None
     tree = _tree(raw, overrides, yaml_path or "config", entry if record else None, problems)
+    default_preset = "sample" if is_sample_root(tree["data"].get("root")) else "imagenet"
     resolved = schedule_from(tree["schedule"], {}, strategy=strategy if entry is not None else "dap",
-                             default_preset="sample" if _is_sample(tree["data"]) else "imagenet", problems=problems)
+                             default_preset=default_preset, problems=problems)
     s = _typed_sections(tree, problems)
     if entry is not None:
         check_policy_params(strategy, [("schedule", k) for k in tree["schedule"]] +
@@ -386,11 +387,9 @@ def _tree(raw: dict, overrides: dict, source: str, record_entry: Optional[Policy
     return tree
 
 
-def _is_sample(data: dict) -> bool:
-    """Whether the data section names the sample data (DataConfig.is_sample, on the untyped keys):
-    its preset is then 'sample'."""
-    root = data.get("root")
-    return root is None or (isinstance(root, str) and (Path(root) / "sample-spec.json").is_file())
+def is_sample_root(root) -> bool:
+    """The data root is the embedded dataset (None) or a folder `make-sample-data` wrote."""
+    return root is None or (isinstance(root, (str, Path)) and (Path(root) / "sample-spec.json").is_file())
 
 
 def _checked(problems: list, build):

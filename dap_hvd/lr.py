@@ -62,12 +62,8 @@ class StepGrid:
                    planned_min=tuple(n if cap is None else min(n, cap) for n in sizes_min),
                    planned_max=tuple(n if cap is None else min(n, cap) for n in sizes_max))
 
-    @property
-    def starts(self) -> tuple[int, ...]:
-        """The global step at which each epoch starts; [-1] is the total."""
-        return (0, *itertools.accumulate(self.epoch_steps))
-
     def start(self, epoch: int) -> int:
+        """The global step at which `epoch` (1-based) starts."""
         return sum(self.epoch_steps[:epoch - 1])
 
     def lr_schedule(self, base_lr: float, cfg) -> LRSchedule:

@@ -91,7 +91,7 @@ def payload(run: Run, state: RunState, rng: dict) -> dict:
         strategy=cfg.strategy, seed=cfg.seed, model=cfg.model_name, schedule=cfg.schedule.to_dict(),
         lr_steps=list(cfg.lr_steps), world_size=run.world.size, global_batch=cfg.data.batch_size * run.world.size,
         base_lr=run.base_lr, dataset_digest=run.data.digest, num_samples=int(len(run.data.universe)),
-        excluded=int(len(run.data.excluded)), val_digest=run.val.cat.digest(), classes=list(run.data.cat.classes),
+        excluded=int(len(run.data.excluded)), val_digest=run.val.digest, classes=list(run.data.cat.classes),
         classes_named=run.data.cat.named, rng_keys=sorted(rng), config=cfg.resolved(run.base_lr))
     weights = sel.weights if sel.weights is not None else []
     return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),

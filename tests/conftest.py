@@ -34,8 +34,6 @@ def child_env(extra=None):
     return env
 
 
-
-
 def spawn(cmd, **popen_kw) -> subprocess.Popen:
     """Start a command in the background, in the tests' environment; the test must end it."""
     return subprocess.Popen(cmd, env=child_env(), **popen_kw)

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import DAP_HVD, child_env, run
+from conftest import DAP_HVD, run, spawn
 
 from dap_hvd import ConfigError
 from dap_hvd.compare import plan, report, runner
@@ -145,7 +145,7 @@ def test_a_compare_reports_and_resumes_after_a_kill_without_rerunning_finished_r
     out = tmp_path / "cmp"
     cmd = [DAP_HVD, "compare", "--data", str(tiny_data), "--epochs", "2", "--budget", "0.5", "--policies", "rs2",
            "--seeds", "1", "-np", "2", "--out", str(out), "--", "--workers", "1"]
-    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     state = out / runner.STATE
     deadline = time.time() + 240

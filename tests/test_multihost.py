@@ -173,7 +173,6 @@ def _epochs_done(out: Path) -> int:
         return 0
 
 
-
 def _start_elastic(cluster, tiny_data, tmp_path: Path, min_np: int, extra_env: dict, train: list):
     """launch/elastic.sh over both hosts, listed in a hosts file the test edits; its output to job.log."""
     hosts_file, out, log_path = tmp_path / "hosts", tmp_path / "run", tmp_path / "job.log"

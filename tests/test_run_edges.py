@@ -10,7 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import DAP_HVD, child_env, horovodrun, run
+from conftest import DAP_HVD, horovodrun, run, spawn
 from test_train import short, summary, train
 
 pytestmark = pytest.mark.multirank
@@ -121,7 +121,7 @@ def test_an_interrupt_names_the_newest_checkpoint_not_the_epoch_being_saved(tiny
     cmd = [DAP_HVD, "train", "--data", str(tiny_data), "--out", str(out), "--strategy", "full", "--model", "resnet152",
            *length(3), "--max-steps-per-epoch", "1", "--batch-size", "4", "--eval-every", "100",
            "--no-progress", "--workers", "1"]
-    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
             if "epoch 2/3:" in line:

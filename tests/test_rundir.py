@@ -141,7 +141,6 @@ def test_out_onto_a_users_folder_or_the_dataset_is_one_line_and_changes_nothing(
     assert [p.name for p in tmp_path.iterdir() if "." in p.name] == []  # nothing moved aside
 
 
-
 def _rank_of(pid: int) -> str:
     with open(f"/proc/{pid}/environ", "rb") as f:
         env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)

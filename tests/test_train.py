@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import DAP_HVD, HOROVODRUN, child_env, horovodrun, mpirun, run
+from conftest import DAP_HVD, HOROVODRUN, horovodrun, mpirun, run, spawn
 
 from dap_hvd.policy.policies import selection_digest
 from dap_hvd.policy.schedule import Schedule, plan
@@ -347,7 +347,7 @@ def test_a_dead_rank_ends_the_job(tiny_data, tmp_path):
     out = tmp_path / "dead"
     cmd = [HOROVODRUN, "--gloo", "-np", "2", "-H", "localhost:2", DAP_HVD, "train", "--data", str(tiny_data),
            "--out", str(out), *SCHED, *COMMON, "--epochs", "40", "--reuse", "20", "--lr-steps", "20"]
-    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         deadline = time.time() + 120

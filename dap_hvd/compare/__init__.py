@@ -27,7 +27,6 @@ OWNED_FLAGS = ("--strategy", "--epochs", "--seed", "--out", "--data", "--keep", 
                "--fraction", "--resume", "--stop-after", "--config", "--window", "--groups")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dap-hvd compare", description=__doc__.splitlines()[0],
                                  epilog="Train flags for every run (model, batch size, LR, ...) go after `--`.")

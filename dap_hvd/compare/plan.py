@@ -69,7 +69,6 @@ class RunSpec:
     subset: Optional[str] = None  # fixed_subset: the file list it trains on
 
 
-
 def scaled_schedule(epochs: int, keep: float = 0.9):
     """DaP's ImageNet schedule (E=120, W=10, I=2, alpha=10, R=30,60,90) scaled to `epochs`."""
     from dap_hvd.policy.schedule import PRESETS, Schedule

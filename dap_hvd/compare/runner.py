@@ -34,7 +34,6 @@ class Progress:
         return None if self.compute <= 0 else (now - self.start) / self.compute * remaining
 
 
-
 def launcher() -> list[str]:
     return [str(Path(sysconfig.get_path("scripts")) / "horovodrun")]
 

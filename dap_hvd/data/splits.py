@@ -37,11 +37,12 @@ class ValSplit:
     cat: Catalog  # labelled by the training class names
     class_of: torch.Tensor  # each sample's class, by index, on the device
     usable: np.ndarray  # the indices scored: all but the bad ones a run skipped
+    digest: str  # of the catalog (paths, labels): a checkpoint records it, `evaluate` checks it
 
     @classmethod
     def of(cls, cat: Catalog, device: torch.device, usable: Optional[np.ndarray] = None) -> "ValSplit":
         usable = np.arange(len(cat), dtype=np.int64) if usable is None else usable
-        return cls(cat, torch.from_numpy(cat.labels).to(device), usable)
+        return cls(cat, torch.from_numpy(cat.labels).to(device), usable, cat.digest())
 
 
 class Datasets(NamedTuple):

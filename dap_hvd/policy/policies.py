@@ -209,7 +209,6 @@ class DropAndPick:
         return replace(plan_schedule(self.schedule, num_samples), policy=self.name, params=self.schedule.to_dict())
 
 
-
 @dataclass(frozen=True)
 class FullData:
     """All data, every epoch: the baseline every policy's compute ratio is measured against."""
@@ -234,7 +233,6 @@ class FullData:
         check_num_samples(num_samples)
         rows = tuple(EpochPlan(e, 1.0, num_samples, "full", "stay") for e in range(1, self.epochs + 1))
         return Plan(self.epochs, num_samples, rows, policy=self.name, params={})
-
 
 
 def _check_ratio(value, name: str, flag: str, low_open: bool = True, high_open: bool = True) -> float:
@@ -283,7 +281,6 @@ class InfoBatch:
 
     def reads_losses(self, epoch, state):
         return epoch + 1 <= self.prune_epochs  # the next epoch prunes on these scores
-
 
     def select(self, ctx):
         nxt = ctx.epoch + 1
@@ -392,7 +389,6 @@ class RS2:
 
     def reads_losses(self, epoch, state):
         return False
-
 
     def select(self, ctx):
         # also after the final epoch: a run extended with a larger --epochs continues the walk
@@ -581,7 +577,6 @@ class SeTa:
 
     def reads_losses(self, epoch, state):
         return epoch + 1 <= self.prune_epochs  # the next epoch groups by these scores
-
 
     def select(self, ctx):
         nxt = ctx.epoch + 1

@@ -226,7 +226,6 @@ class EpochPlan:
                     min_fraction=self.min_fraction, min_size=self.min_size, nominal_fraction=self.nominal_fraction)
 
 
-
 class PlanMismatch(DapError):
     """An exact policy's selection differs from its plan."""
 
